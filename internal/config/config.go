@@ -34,18 +34,18 @@ const (
 
 // Document is the whole per-array document.
 type Document struct {
-	Format     int         `json:"format"`
-	Array      Array       `json:"array"`
-	Mode       string      `json:"mode"`
-	KMS        *KMS        `json:"kms,omitempty"`
-	Network    Network     `json:"network"`
-	Fabrics    []Fabric    `json:"fabrics,omitempty"`
-	Root       Root        `json:"root"`
-	Deadlines  Deadlines   `json:"deadlines"`
-	Technician Technician  `json:"technician"`
-	Keys       Inventory   `json:"keys"`
-	Journal    *Journal    `json:"journal,omitempty"`
-	Updated    time.Time   `json:"updated"`
+	Format     int        `json:"format"`
+	Array      Array      `json:"array"`
+	Mode       string     `json:"mode"`
+	KMS        *KMS       `json:"kms,omitempty"`
+	Network    Network    `json:"network"`
+	Fabrics    []Fabric   `json:"fabrics,omitempty"`
+	Root       Root       `json:"root"`
+	Deadlines  Deadlines  `json:"deadlines"`
+	Technician Technician `json:"technician"`
+	Keys       Inventory  `json:"keys"`
+	Journal    *Journal   `json:"journal,omitempty"`
+	Updated    time.Time  `json:"updated"`
 }
 
 // Array identifies the storage array and this controller.
@@ -186,11 +186,11 @@ type DriveKey struct {
 // that running it again resumes it and the agent knows which generations
 // a drive may hold.
 type Journal struct {
-	Op        string    `json:"op"`
-	Started   time.Time `json:"started"`
-	From      int       `json:"from,omitempty"` // generation being replaced
-	To        int       `json:"to"`             // generation being installed
-	Step      string    `json:"step"`
+	Op      string    `json:"op"`
+	Started time.Time `json:"started"`
+	From    int       `json:"from,omitempty"` // generation being replaced
+	To      int       `json:"to"`             // generation being installed
+	Step    string    `json:"step"`
 	// Drives records per-drive progress: drive serial -> state.
 	Drives map[string]string `json:"drives,omitempty"`
 }
