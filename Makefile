@@ -11,12 +11,13 @@ STATICCHECK_VERSION := v0.8.2
 CMDS      = $(shell $(GO) list -f '{{if eq .Name "main"}}{{.ImportPath}}{{end}}' ./... 2>/dev/null)
 TEST_TIMEOUT ?= 60m
 
-.PHONY: help prereqs build test unit lint bench fuzz demo clean
+.PHONY: help prereqs kernel build test unit lint bench fuzz demo clean
 
 help:
 	@echo "make demo     set up and run the demo (installs what it needs)"
 	@echo "make test     run every test: lint, unit, interop and QEMU boot tests (installs what it needs)"
 	@echo "make build    static binaries in $(BIN)/"
+	@echo "make kernel   fetch the pinned boot kernel into build/kernel (KERNEL_DEB=FILE: use that .deb)"
 	@echo "make lint     gofmt, go vet, staticcheck"
 	@echo "make bench    Go benchmarks; results table in docs/benchmarks.md"
 	@echo "make fuzz     run each fuzz target for FUZZTIME (default 30s)"
@@ -24,6 +25,10 @@ help:
 
 prereqs:
 	@scripts/prereqs.sh
+
+# The QEMU boot tests need Debian's kernel; tests never fetch it themselves.
+kernel:
+	@$(GO) run ./images/cmd/bootkernel $(if $(KERNEL_DEB),-deb $(KERNEL_DEB))
 
 build:
 	@mkdir -p $(BIN)
@@ -47,7 +52,7 @@ lint: $(TOOLS)/staticcheck
 unit:
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 
-test: prereqs lint
+test: prereqs lint kernel
 	@echo "test: go test ./... (unit, fuzz seed corpora, interop and QEMU boot tests)"
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 
