@@ -253,3 +253,45 @@ func (m *Medium) readSlot(i int) (Slot, []byte, error) {
 	s.Length = int(n)
 	return s, payload, nil
 }
+
+// MaxProbeSize is the largest block device Find considers: a boot medium
+// is small, and skipping large devices keeps the scan away from data
+// drives (and from I/O errors on locked SEDs).
+const MaxProbeSize = 1 << 30
+
+// Find returns the block devices under sysRoot/class/block (whole disks
+// and partitions of at most MaxProbeSize bytes) that carry a boot-medium
+// slot, as paths under devRoot. Pass "/sys" and "/dev" on a live system.
+func Find(sysRoot, devRoot string) ([]string, error) {
+	entries, err := os.ReadDir(sysRoot + "/class/block")
+	if err != nil {
+		return nil, fmt.Errorf("find boot medium: %w", err)
+	}
+	var found []string
+	for _, e := range entries {
+		name := e.Name()
+		sectors, err := os.ReadFile(sysRoot + "/class/block/" + name + "/size")
+		if err != nil {
+			continue
+		}
+		var n int64
+		if _, err := fmt.Sscan(string(sectors), &n); err != nil || n*512 < MinSize || n*512 > MaxProbeSize {
+			continue
+		}
+		path := devRoot + "/" + name
+		f, err := os.Open(path)
+		if err != nil {
+			continue
+		}
+		var head [8]byte
+		_, rerr := f.ReadAt(head[:], 0)
+		if rerr != nil || head != magic {
+			_, rerr = f.ReadAt(head[:], SlotSize)
+		}
+		f.Close()
+		if rerr == nil && head == magic {
+			found = append(found, path)
+		}
+	}
+	return found, nil
+}

@@ -199,3 +199,41 @@ func TestCreateAndOpenFile(t *testing.T) {
 		t.Fatalf("medium mode %v, want 0600", st.Mode().Perm())
 	}
 }
+
+func TestFind(t *testing.T) {
+	root := t.TempDir()
+	sys, dev := filepath.Join(root, "sys"), filepath.Join(root, "dev")
+	mk := func(name string, size int64, write bool) {
+		t.Helper()
+		os.MkdirAll(filepath.Join(sys, "class/block", name), 0o755)
+		os.MkdirAll(dev, 0o755)
+		os.WriteFile(filepath.Join(sys, "class/block", name, "size"), []byte(fmt.Sprintf("%d\n", size/512)), 0o644)
+		p := filepath.Join(dev, name)
+		if err := Create(p, size); err != nil {
+			t.Fatal(err)
+		}
+		if write {
+			m, f, err := Open(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m.Write([]byte("doc"))
+			m.Write([]byte("doc2")) // slot 1 too
+			f.Close()
+		}
+	}
+	mk("nvme0n1", 4<<20, true)  // the medium
+	mk("nvme1n1", 4<<20, false) // blank small disk
+	mk("vda", 8<<20, true)      // second medium
+	// A large data drive: listed in sysfs, never opened.
+	os.MkdirAll(filepath.Join(sys, "class/block/nvme2n1"), 0o755)
+	os.WriteFile(filepath.Join(sys, "class/block/nvme2n1/size"), []byte("419430400\n"), 0o644)
+	got, err := Find(sys, dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{filepath.Join(dev, "nvme0n1"), filepath.Join(dev, "vda")}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("Find = %v, want %v", got, want)
+	}
+}
