@@ -40,7 +40,8 @@ const DiscoveryNQN = "nqn.2014-08.org.nvmexpress.discovery"
 // Options tunes a Target. The zero value gives sensible defaults.
 type Options struct {
 	// MaxTransfer is the largest data transfer of one command in bytes
-	// (reported as MDTS). A power of two from 4 KiB to 8 MiB; default 512 KiB.
+	// (reported as MDTS). A power of two from 4 KiB to 8 MiB; default 1 MiB,
+	// which go-tcg-storage needs: it receives into 1 MiB ComPacket buffers.
 	MaxTransfer int
 	// MaxH2CData is the largest H2CData PDU the host may send and the
 	// largest R2T the target asks for. At least 4 KiB; default 128 KiB.
@@ -66,7 +67,7 @@ type Options struct {
 func (o *Options) withDefaults() (Options, error) {
 	r := *o
 	if r.MaxTransfer == 0 {
-		r.MaxTransfer = 512 << 10
+		r.MaxTransfer = 1 << 20
 	}
 	if r.MaxTransfer < 4096 || r.MaxTransfer > 8<<20 || r.MaxTransfer&(r.MaxTransfer-1) != 0 {
 		return r, fmt.Errorf("nvmetcp options: MaxTransfer %d is not a power of two in [4096, 8 MiB]", r.MaxTransfer)
