@@ -252,6 +252,9 @@ func (h *Host) run(ctx context.Context, steps []step) error {
 	if err := h.supported(); err != nil {
 		return err
 	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	h.setup()
 	return h.executeSteps(ctx, steps)
 }

@@ -64,6 +64,15 @@ func (w *wire) SecuritySend(proto uint8, spsp uint16, data []byte) error {
 	return w.dev.SecuritySend(proto, spsp, data)
 }
 
+// counts returns and resets the numbers of sends and receives.
+func (w *wire) counts() (sends, recvs int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	sends, recvs = w.sends, w.recvs
+	w.sends, w.recvs = 0, 0
+	return sends, recvs
+}
+
 func (w *wire) SecurityRecv(proto uint8, spsp uint16, alloc int) ([]byte, error) {
 	w.mu.Lock()
 	w.recvs++
@@ -677,6 +686,27 @@ func TestUsers(t *testing.T) {
 			},
 		},
 		{
+			name: "user lockout leaves Admin1 alone",
+			setup: func(e *env) {
+				provisioned(e)
+				for i := 0; i < testTryLimit; i++ {
+					err := e.h.LockUnlock(e.ctx, LockUnlock{Session: user(User1, 1, wrongKey), State: ReadWrite})
+					if !IsStatus(err, notAuth) {
+						e.t.Fatalf("wrong user password %d: %v", i+1, err)
+					}
+				}
+			},
+			run: func(e *env) error {
+				return e.h.LockUnlock(e.ctx, LockUnlock{Session: user(User1, 1, user1Key), State: ReadWrite})
+			},
+			want: StatusAuthorityLockedOut,
+			check: func(e *env) {
+				e.readLocked(r1Start)
+				e.must("Admin1 unlocks range 1", e.h.LockUnlock(e.ctx, LockUnlock{Session: admin(1, adminKey), State: ReadWrite}))
+				e.readable(r1Start, 2)
+			},
+		},
+		{
 			name:  "add Admin1 to a range",
 			setup: func(e *env) { e.own() },
 			run: func(e *env) error {
@@ -701,11 +731,19 @@ func (s Session) with(who User) Session {
 	return s
 }
 
+// simIssue1 names the simulator discrepancy that fails a test: opalsim
+// answers RESPONSE_OVERFLOW to a Get whose padded response is exactly
+// 2048 bytes, the kernel's largest table-read chunk (1982 bytes). See
+// /work/notes/opalsim-issues.md, entry 1.
+const simIssue1 = "opalsim issue 1 (RESPONSE_OVERFLOW for a response of exactly 2048 bytes; simulator bug)"
+
 func TestTables(t *testing.T) {
 	sizes := []struct {
 		off  uint64
 		size int
 	}{
+		// From 1981 bytes on, the kernel's chunks reach 2048-byte
+		// responses: these fail while simIssue1 stands.
 		{0, 2}, {0, 100}, {3, 1981}, {0, 1982}, {1, 2047}, {0, 2048}, {5, 2049}, {0, 4096}, {100, 5000},
 	}
 	for _, sz := range sizes {
@@ -718,7 +756,12 @@ func TestTables(t *testing.T) {
 			}
 			e.must("WriteTable", e.h.WriteTable(e.ctx, Key{Key: adminKey}, TableDataStore, sz.off, data))
 			got := make([]byte, sz.size)
-			e.must("ReadTable", e.h.ReadTable(e.ctx, Key{Key: adminKey}, TableDataStore, sz.off, got))
+			if err := e.h.ReadTable(e.ctx, Key{Key: adminKey}, TableDataStore, sz.off, got); err != nil {
+				if IsStatus(err, StatusResponseOverflow) {
+					t.Fatalf("ReadTable: %v: %s", err, simIssue1)
+				}
+				t.Fatalf("ReadTable: %v", err)
+			}
 			if !bytes.Equal(got, data) {
 				t.Fatalf("DataStore read back differs (first difference at %d)", firstDiff(got, data))
 			}
@@ -770,7 +813,12 @@ func TestTables(t *testing.T) {
 			},
 			check: func(e *env) {
 				got := make([]byte, 6*testBlockSize)
-				e.must("ReadTable MBR", e.h.ReadTable(e.ctx, Key{Key: adminKey}, TableMBR, 512, got))
+				if err := e.h.ReadTable(e.ctx, Key{Key: adminKey}, TableMBR, 512, got); err != nil {
+					if IsStatus(err, StatusResponseOverflow) {
+						e.t.Fatalf("ReadTable MBR: %v: %s", err, simIssue1)
+					}
+					e.t.Fatalf("ReadTable MBR: %v", err)
+				}
 				if !bytes.Equal(got, pattern(1, 6)) {
 					e.t.Fatal("MBR table read back differs")
 				}
@@ -924,6 +972,22 @@ func TestRevert(t *testing.T) {
 			},
 		},
 		{
+			name: "PSID revert after SID lockout",
+			setup: func(e *env) {
+				provisioned(e)
+				for i := 0; i < testTryLimit; i++ {
+					if err := e.h.RevertTPer(e.ctx, Key{Key: wrongKey}); !IsStatus(err, notAuth) {
+						e.t.Fatalf("wrong SID %d: %v", i+1, err)
+					}
+				}
+				if err := e.h.RevertTPer(e.ctx, Key{Key: sidKey}); !IsStatus(err, StatusAuthorityLockedOut) {
+					e.t.Fatalf("right SID after %d wrong ones: %v, want AUTHORITY_LOCKED_OUT", testTryLimit, err)
+				}
+			},
+			run:   func(e *env) error { return e.h.PSIDRevert(e.ctx, Key{Key: e.d.PSID()}) },
+			check: afterRevert,
+		},
+		{
 			name:  "revert as SID",
 			setup: provisioned,
 			run:   func(e *env) error { return e.h.RevertTPer(e.ctx, Key{Key: sidKey}) },
@@ -973,4 +1037,91 @@ func TestRevert(t *testing.T) {
 			},
 		},
 	})
+}
+
+// TestExchangeCounts checks each ioctl's step list at the wire: one Level 0
+// discovery, then one 2048-byte send and receive per kernel step (a failed
+// first step ends the flow; a failure later adds the end of session).
+func TestExchangeCounts(t *testing.T) {
+	cases := []struct {
+		name  string
+		setup func(e *env)
+		run   func(e *env) error
+		want  int // result
+		sends int
+	}{
+		{"take ownership", nil, func(e *env) error { return e.h.TakeOwnership(e.ctx, Key{Key: sidKey}) }, 0, 6},
+		{"activate", func(e *env) { e.must("own", e.h.TakeOwnership(e.ctx, Key{Key: sidKey})) },
+			func(e *env) error { return e.h.ActivateLSP(e.ctx, LRActivate{Key: Key{Key: sidKey}, LRs: []uint8{0}}) }, 0, 4},
+		{"range setup", (*env).own, func(e *env) error {
+			return e.h.SetupLockingRange(e.ctx, LRSetup{RangeStart: 8, RangeLength: 8, ReadLockEnabled: true, Session: admin(1, adminKey)})
+		}, 0, 3},
+		{"lock", (*env).own, func(e *env) error {
+			return e.h.LockUnlock(e.ctx, LockUnlock{Session: admin(0, adminKey), State: Locked})
+		}, 0, 3},
+		{"lock with a wrong password", (*env).own, func(e *env) error {
+			return e.h.LockUnlock(e.ctx, LockUnlock{Session: admin(0, wrongKey), State: Locked})
+		}, notAuth, 1},
+		{"lock with a bad state", (*env).own, func(e *env) error {
+			return e.h.LockUnlock(e.ctx, LockUnlock{Session: admin(0, adminKey), State: 0})
+		}, StatusInvalidParameter, 2},
+		{"set password", (*env).own, func(e *env) error {
+			return e.h.SetPassword(e.ctx, NewPassword{Session: admin(0, adminKey), NewUserPW: user(User1, 0, user1Key)})
+		}, 0, 3},
+		{"set SID password", (*env).own, func(e *env) error {
+			return e.h.SetSIDPassword(e.ctx, NewPassword{Session: Session{Key: Key{Key: sidKey}}, NewUserPW: Session{Key: Key{Key: newSIDKey}}})
+		}, 0, 3},
+		{"add user to range", (*env).own, func(e *env) error {
+			return e.h.AddUserToRange(e.ctx, LockUnlock{Session: Session{Who: User1, Key: Key{LR: 1, Key: adminKey}}, State: ReadWrite})
+		}, 0, 4},
+		{"activate user", (*env).own, func(e *env) error { return e.h.ActivateUser(e.ctx, admin(0, adminKey).with(User2)) }, 0, 3},
+		{"range status", (*env).own, func(e *env) error { _, err := e.h.GetLRStatus(e.ctx, admin(0, adminKey)); return err }, 0, 3},
+		{"enable MBR", (*env).own, func(e *env) error { return e.h.EnableDisableMBR(e.ctx, Key{Key: adminKey}, true) }, 0, 6},
+		{"MBR done", (*env).own, func(e *env) error { return e.h.SetMBRDone(e.ctx, Key{Key: adminKey}, true) }, 0, 3},
+		{"erase", (*env).own, func(e *env) error { return e.h.EraseLockingRange(e.ctx, admin(1, adminKey)) }, 0, 3},
+		{"secure erase", (*env).own, func(e *env) error { return e.h.SecureEraseLockingRange(e.ctx, admin(1, adminKey)) }, 0, 4},
+		// 4000 bytes: chunks of 1956, 1956 and 88 bytes fill the buffer.
+		{"write table", (*env).own, func(e *env) error {
+			return e.h.WriteTable(e.ctx, Key{Key: adminKey}, TableDataStore, 0, make([]byte, 4000))
+		}, 0, 6},
+		{"read table", (*env).own, func(e *env) error {
+			return e.h.ReadTable(e.ctx, Key{Key: adminKey}, TableDataStore, 0, make([]byte, 1000))
+		}, 0, 4},
+		{"revert", (*env).own, func(e *env) error { return e.h.RevertTPer(e.ctx, Key{Key: sidKey}) }, 0, 2},
+		{"PSID revert", (*env).own, func(e *env) error { return e.h.PSIDRevert(e.ctx, Key{Key: e.d.PSID()}) }, 0, 2},
+		{"revert LSP", (*env).own, func(e *env) error { return e.h.RevertLSP(e.ctx, Key{Key: adminKey}, false) }, 0, 2},
+		{"status", nil, func(e *env) error { _, err := e.h.GetStatus(e.ctx); return err }, 0, 0},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			if tc.setup != nil {
+				tc.setup(e)
+			}
+			e.w.counts()
+			err := tc.run(e)
+			if got := Code(err); got != tc.want {
+				t.Fatalf("result %d (%v), want %d", got, err, tc.want)
+			}
+			sends, recvs := e.w.counts()
+			if sends != tc.sends || recvs != tc.sends+1 {
+				t.Fatalf("%d sends, %d receives; the kernel makes %d and %d", sends, recvs, tc.sends, tc.sends+1)
+			}
+		})
+	}
+}
+
+func TestCanceledContext(t *testing.T) {
+	e := newEnv(t)
+	ctx, cancel := context.WithCancel(e.ctx)
+	cancel()
+	e.w.counts()
+	if err := e.h.TakeOwnership(ctx, Key{Key: sidKey}); !errors.Is(err, context.Canceled) {
+		t.Fatalf("TakeOwnership with a canceled context = %v", err)
+	}
+	if s, r := e.w.counts(); s != 0 || r != 0 {
+		t.Fatalf("%d sends and %d receives after cancellation", s, r)
+	}
+	// Nothing changed: the MSID still takes ownership.
+	e.must("TakeOwnership", e.h.TakeOwnership(e.ctx, Key{Key: sidKey}))
 }
