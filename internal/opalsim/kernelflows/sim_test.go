@@ -273,8 +273,8 @@ func TestDiscovery(t *testing.T) {
 	}
 	geo, err := e.h.GetGeometry(e.ctx)
 	e.must("GetGeometry", err)
-	if geo.LogicalBlockSize != testBlockSize {
-		t.Fatalf("geometry logical block size %d, want %d", geo.LogicalBlockSize, testBlockSize)
+	if geo.LogicalBlockSize != testBlockSize || geo.AlignmentGranularity == 0 || geo.LowestAlignedLBA >= testBlocks {
+		t.Fatalf("geometry %+v: want logical block size %d, a granularity, an aligned LBA on the drive", geo, testBlockSize)
 	}
 	buf := make([]byte, ioBufferLength)
 	n, err := e.h.Discovery(e.ctx, buf)
