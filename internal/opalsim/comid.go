@@ -62,7 +62,9 @@ func (d *Drive) comIDBusy(id uint16) bool {
 
 // comIDRequest handles an IF-SEND on protocol 2.
 func (d *Drive) comIDRequest(comID uint16, data []byte) error {
-	if comID == 0 || comID == 1 {
+	// ComID 4 is TPER_RESET, disabled here (TPerInfo ProgrammaticResetEnable
+	// is False): the command is refused at the interface level.
+	if comID == 0 || comID == 1 || comID == 4 {
 		return fmt.Errorf("IF-SEND protocol 2 ComID 0x%04X: %w", comID, ErrInvalidComID)
 	}
 	if len(data) < 8 {

@@ -244,7 +244,7 @@ func (d *Drive) handleComPacket(comID uint16, cs *comState, data []byte) {
 		return
 	}
 	limit := min(cs.hostMaxComP, maxComPacket)
-	if comPacketHdr+packetHdr+subPacketHdr+len(resp)+3 > limit {
+	if comPacketHdr+packetHdr+subPacketHdr+len(resp)+(4-len(resp)%4)%4 > limit {
 		resp = overflowResponse(resp)
 	}
 	cs.pending = buildComPacket(comID, cs.ext, rtsn, rhsn, resp)

@@ -211,3 +211,26 @@ func TestDataStoreAnybodyReadable(t *testing.T) {
 	}
 	w.endSession()
 }
+
+// TestResponseExactlyFillsHostBuffer: a response whose ComPacket is exactly
+// the host's 2048 bytes fits; one byte more overflows.
+func TestResponseExactlyFillsHostBuffer(t *testing.T) {
+	_, w := newWireDrive(t)
+	sid := []byte("owner")
+	kernelOwnAndActivate(t, w, sid)
+	admin1 := authAdminN(1)
+	must(t, "admin1", w.startSession(spLocking, &admin1, sid))
+	// 56 header bytes + [ F0 D7 F8 <n bytes> F1 F9 F0 00 00 00 F1 ] = 2048 when n = 1982.
+	for n, want := range map[uint64]int{1982: stSuccess, 1983: stResponseOverflow} {
+		res, st := w.method(mkUID(tDataStore, 0), mGet, func(e *token.Encoder) { e.StartList().NamedUint(1, 0).NamedUint(2, n-1).EndList() })
+		if st != want {
+			t.Fatalf("%d-byte Get: status 0x%02X, want 0x%02X", n, st, want)
+		}
+		if st == stSuccess {
+			if got, _ := res[0].Bytes(); uint64(len(got)) != n {
+				t.Fatalf("got %d bytes", len(got))
+			}
+		}
+	}
+	w.endSession()
+}

@@ -623,9 +623,7 @@ func (d *Drive) mErase(s *session, obj UID, p params) []byte {
 		st = d.reconcile(r, s)
 	}
 	if st != stSuccess {
-		flags := *rr
 		rr.RLE, rr.WLE, rr.RL, rr.WL = saved.RLE, saved.WLE, saved.RL, saved.WL
-		_ = flags
 		return methodReply(st, nil)
 	}
 	return methodReply(d.commit(st), nil)
