@@ -300,23 +300,28 @@ func (d *Drive) GlobalRange(ctx context.Context, admin1 []byte) (RangeState, err
 			return err
 		}
 		defer s.closeAfter(&err)
-		vals, err := s.getCells(uidLockingGlobal, colLockingReadLockEnabled, colLockingLockOnReset)
-		if err != nil {
-			return fmt.Errorf("read global range: %w", err)
-		}
-		b := func(col uint) bool { v, _ := vals[col].(uint); return v != 0 }
-		st = RangeState{
-			ReadLockEnabled:  b(colLockingReadLockEnabled),
-			WriteLockEnabled: b(colLockingWriteLockEnabled),
-			ReadLocked:       b(colLockingReadLocked),
-			WriteLocked:      b(colLockingWriteLocked),
-		}
-		if l, ok := vals[colLockingLockOnReset].(stream.List); ok {
-			st.LockOnPowerCycle = slices.Contains(l, any(uint(table.ResetPowerOff)))
-		}
-		return nil
+		st, err = s.globalRange()
+		return err
 	})
 	return st, err
+}
+
+func (s *session) globalRange() (RangeState, error) {
+	vals, err := s.getCells(uidLockingGlobal, colLockingReadLockEnabled, colLockingLockOnReset)
+	if err != nil {
+		return RangeState{}, fmt.Errorf("read global range: %w", err)
+	}
+	b := func(col uint) bool { v, _ := vals[col].(uint); return v != 0 }
+	st := RangeState{
+		ReadLockEnabled:  b(colLockingReadLockEnabled),
+		WriteLockEnabled: b(colLockingWriteLockEnabled),
+		ReadLocked:       b(colLockingReadLocked),
+		WriteLocked:      b(colLockingWriteLocked),
+	}
+	if l, ok := vals[colLockingLockOnReset].(stream.List); ok {
+		st.LockOnPowerCycle = slices.Contains(l, any(uint(table.ResetPowerOff)))
+	}
+	return st, nil
 }
 
 // Lock read- and write-locks the global range as Admin1. It returns

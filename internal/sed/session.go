@@ -36,7 +36,9 @@ type conn struct {
 // its summary.
 func (d *Drive) readLevel0() ([]byte, *Summary, error) {
 	raw := make([]byte, level0Len)
-	err := safe(func() error { return d.intf.IFRecv(drive.SecurityProtocolTCGManagement, uint16(core.ComIDDiscoveryL0), &raw) })
+	err := safe(func() error {
+		return d.intf.IFRecv(drive.SecurityProtocolTCGManagement, uint16(core.ComIDDiscoveryL0), &raw)
+	})
 	if err != nil {
 		if errors.Is(err, drive.ErrNotSupported) {
 			return nil, nil, fmt.Errorf("%w: level 0 discovery not supported: %w", ErrNotOpal, err)
@@ -151,7 +153,7 @@ func spName(sp core.SPID) string {
 
 // close ends the session (EndOfSession). Safe to call twice.
 func (s *session) close() error {
-	if s.closed {
+	if s == nil || s.closed {
 		return nil
 	}
 	s.closed = true
@@ -161,6 +163,9 @@ func (s *session) close() error {
 // closeAfter closes the session at the end of an operation, keeping the
 // operation's error when there is one and logging a failed close then.
 func (s *session) closeAfter(err *error) {
+	if s == nil {
+		return
+	}
 	cerr := s.close()
 	if cerr == nil {
 		return

@@ -51,6 +51,8 @@ const (
 
 	colACEBooleanExpr = 3
 
+	colAuthorityEnabled = 5
+
 	colTableRows                      = 7
 	colTableMandatoryWriteGranularity = 13
 
@@ -106,3 +108,6 @@ func (a Authority) String() string {
 }
 
 func (a Authority) valid() bool { return a.name != "" }
+
+// rowOfAuthority is the Authority table row of a.
+func rowOfAuthority(a Authority) table.RowUID { return table.RowUID(a.uid) }
