@@ -731,10 +731,9 @@ func (s Session) with(who User) Session {
 	return s
 }
 
-// simIssue1 names the simulator discrepancy that fails a test: opalsim
-// answers RESPONSE_OVERFLOW to a Get whose padded response is exactly
-// 2048 bytes, the kernel's largest table-read chunk (1982 bytes). See
-// /work/notes/opalsim-issues.md, entry 1.
+// simIssue1 names a simulator discrepancy these tests found (fixed in
+// opalsim bb2d172): RESPONSE_OVERFLOW for a Get whose padded response is
+// exactly 2048 bytes, the kernel's largest table-read chunk (1982 bytes).
 const simIssue1 = "opalsim issue 1 (RESPONSE_OVERFLOW for a response of exactly 2048 bytes; simulator bug)"
 
 func TestTables(t *testing.T) {
@@ -743,7 +742,7 @@ func TestTables(t *testing.T) {
 		size int
 	}{
 		// From 1981 bytes on, the kernel's chunks reach 2048-byte
-		// responses: these fail while simIssue1 stands.
+		// responses (simIssue1).
 		{0, 2}, {0, 100}, {3, 1981}, {0, 1982}, {1, 2047}, {0, 2048}, {5, 2049}, {0, 4096}, {100, 5000},
 	}
 	for _, sz := range sizes {
