@@ -1,6 +1,7 @@
 package kmod
 
 import (
+	"bufio"
 	"bytes"
 	"compress/gzip"
 	"fmt"
@@ -40,7 +41,9 @@ func detect(head []byte) string {
 // decompress reads the whole compressed module r (format comp) into
 // memory, refusing images larger than limit bytes.
 func decompress(r io.ReaderAt, comp string, limit int64) ([]byte, error) {
-	src := io.NewSectionReader(r, 0, 1<<62)
+	// Buffered: the decoders read in small pieces, each a pread(2) on a
+	// file otherwise.
+	src := bufio.NewReaderSize(io.NewSectionReader(r, 0, 1<<62), 64<<10)
 	var dec io.Reader
 	switch comp {
 	case compXZ:
