@@ -40,7 +40,6 @@ type comState struct {
 	associated  bool
 	hostMaxComP int
 	pending     []byte // protocol 1 response awaiting IF-RECV
-	p2pending   []byte // protocol 2 ComID management response
 	serial      uint64 // allocation order for recycling
 }
 

@@ -161,7 +161,7 @@ func TestWrongCredentialAndLockout(t *testing.T) {
 }
 
 func TestLockedIOAndRangeLayout(t *testing.T) {
-	d, h, pin := enabledDrive(t)
+	d, _, pin := enabledDrive(t)
 	if err := d.PowerCycle(); err != nil {
 		t.Fatal(err)
 	}
@@ -174,7 +174,7 @@ func TestLockedIOAndRangeLayout(t *testing.T) {
 	if err := d.ReadBlocks(0, make([]byte, 100)); err == nil {
 		t.Fatal("partial block read accepted")
 	}
-	h = newHost(t, d)
+	h := newHost(t, d)
 	if err := h.unlock(pin); err != nil {
 		t.Fatal(err)
 	}

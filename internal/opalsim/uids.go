@@ -14,9 +14,6 @@ func mkUID(hi, lo uint32) UID {
 func (u UID) hi() uint32 { return uint32(u[0])<<24 | uint32(u[1])<<16 | uint32(u[2])<<8 | uint32(u[3]) }
 func (u UID) lo() uint32 { return uint32(u[4])<<24 | uint32(u[5])<<16 | uint32(u[6])<<8 | uint32(u[7]) }
 
-// tableOf returns the UID of the table an object belongs to.
-func (u UID) tableOf() UID { return mkUID(u.hi(), 0) }
-
 // Session manager and special invoking IDs (Core 6.3).
 var (
 	uidSMU    = mkUID(0, 0xFF)
@@ -28,7 +25,6 @@ var (
 	mProperties   = mkUID(0, 0xFF01)
 	mStartSession = mkUID(0, 0xFF02)
 	mSyncSession  = mkUID(0, 0xFF03)
-	mStartTrusted = mkUID(0, 0xFF04)
 	mCloseSession = mkUID(0, 0xFF06)
 
 	mNext         = mkUID(6, 0x08)
