@@ -101,6 +101,10 @@ type Loader struct {
 	// SysModule is the directory listing the kernel's modules, used to
 	// skip modules that are already present; empty means /sys/module.
 	SysModule string
+	// UserspaceDecompress skips handing compressed modules to the kernel
+	// and always decompresses them here (for kernels built without
+	// CONFIG_MODULE_DECOMPRESS; saves the refused first attempt).
+	UserspaceDecompress bool
 	// MaxDecompressed bounds the size of a module decompressed in
 	// userspace; 0 means 256 MiB.
 	MaxDecompressed int64
@@ -197,11 +201,13 @@ func (l *Loader) loadOne(m Module) (Result, error) {
 	if comp == "" {
 		err = unix.FinitModule(int(f.Fd()), m.Params, 0)
 	} else {
-		err = unix.FinitModule(int(f.Fd()), m.Params, unix.MODULE_INIT_COMPRESSED_FILE)
-		r.Decompressed = DecompressedByKernel
+		if !l.UserspaceDecompress {
+			err = unix.FinitModule(int(f.Fd()), m.Params, unix.MODULE_INIT_COMPRESSED_FILE)
+			r.Decompressed = DecompressedByKernel
+		}
 		// EINVAL: the kernel predates the flag or decompresses another
 		// format; EOPNOTSUPP: built without CONFIG_MODULE_DECOMPRESS.
-		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP) {
+		if l.UserspaceDecompress || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP) {
 			img, derr := decompress(f, comp, l.maxDecompressed())
 			if derr != nil {
 				return r, &ModuleError{Name: m.Name, Path: m.Path, Op: "decompress", Err: derr}

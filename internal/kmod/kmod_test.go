@@ -408,3 +408,19 @@ func BenchmarkDecompressXZ(b *testing.B) {
 		}
 	}
 }
+
+// TestUserspaceDecompressError: with UserspaceDecompress a corrupt
+// compressed module fails in the decompress step, naming the file.
+func TestUserspaceDecompressError(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "broken.ko.xz")
+	if err := os.WriteFile(p, append(append([]byte(nil), magicXZ...), "garbage after the magic"...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	l := &Loader{SysModule: dir, UserspaceDecompress: true}
+	_, err := l.Load(context.Background(), []Module{{Path: p}})
+	var me *ModuleError
+	if !errors.As(err, &me) || me.Op != "decompress" || me.Name != "broken" || !strings.Contains(err.Error(), p) {
+		t.Fatalf("Load(corrupt xz) = %v, want a decompress error for broken naming %s", err, p)
+	}
+}
