@@ -740,3 +740,59 @@ func TestCredentialValidation(t *testing.T) {
 		t.Error("Unlock on a drive without locking enabled succeeded")
 	}
 }
+
+func TestProbeSIDAndIdentity(t *testing.T) {
+	ctx := testCtx(t)
+	sim := newSim(t, "PRB0001", 5)
+	d := New(sim, "sim")
+	if st, err := d.ProbeSID(ctx, false); err != nil || st != SIDUnknown {
+		t.Fatalf("free probe of a new drive: %v, %v", st, err)
+	}
+	if st, err := d.ProbeSID(ctx, true); err != nil || st != SIDIsMSID {
+		t.Fatalf("probe of a new drive: %v, %v", st, err)
+	}
+	k := newKeys(t)
+	if _, err := d.TakeOwnership(ctx, k.sid); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := d.ProbeSID(ctx, true); err != nil || st != SIDNotMSID || d.Failures(SID) != 1 {
+		t.Fatalf("probe of an owned drive: %v, %v, failures %d", st, err, d.Failures(SID))
+	}
+	// With sedboot's verifier the answer is free.
+	sim2 := newSim(t, "PRB0002", 5)
+	d2 := New(sim2, "sim2")
+	mustEnable(t, ctx, d2, k)
+	if st, err := New(sim2, "fresh").ProbeSID(ctx, false); err != nil || st != SIDNotMSID {
+		t.Fatalf("probe with verifier: %v, %v", st, err)
+	}
+
+	id, err := d.Identity(ctx)
+	if err != nil || id.Serial != "PRB0001" || id.Model != "sedboot test drive" || id.Firmware != "T1" {
+		t.Fatalf("identity %+v, %v", id, err)
+	}
+	if s, err := d.Serial(); err != nil || s != "PRB0001" {
+		t.Fatalf("serial %q, %v", s, err)
+	}
+}
+
+func TestPSIDTriesCheckedBeforePresenting(t *testing.T) {
+	ctx := testCtx(t)
+	sim := newSim(t, "PSL0001", 2)
+	mustEnable(t, ctx, New(sim, "enable"), newKeys(t))
+	if err := New(sim, "a").RevertPSID(ctx, []byte("wrong PSID value")); !errors.Is(err, ErrWrongCredential) {
+		t.Fatalf("wrong PSID: %v", err)
+	}
+	// One try left of 2: a fresh Drive (new boot) refuses to present even
+	// the right PSID, since Anybody can see the count.
+	err := New(sim, "b").RevertPSID(ctx, sim.PSID())
+	var te *TriesError
+	if !errors.As(err, &te) || te.Left != 1 {
+		t.Fatalf("PSID with one try left: %v", err)
+	}
+	if err := sim.PowerCycle(); err != nil { // PSID tries are not persistent
+		t.Fatal(err)
+	}
+	if err := New(sim, "c").RevertPSID(ctx, sim.PSID()); err != nil {
+		t.Fatalf("PSID after power cycle: %v", err)
+	}
+}

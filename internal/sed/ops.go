@@ -504,3 +504,53 @@ func nonZero(b []byte) []byte {
 	}
 	return nil
 }
+
+// ProbeSID reports whether C_PIN_SID still holds MSID. It asks, in order,
+// Level 0 discovery (the Block SID feature), then the key verifier (a
+// verifier with a SID entry means sedboot owns the drive); both cost
+// nothing. Only when spendTry is true and neither answers does it
+// authenticate as SID with MSID, which costs one SID try when the answer
+// is "no" (and counts as a failure for the guard).
+func (d *Drive) ProbeSID(ctx context.Context, spendTry bool) (SIDState, error) {
+	state := SIDUnknown
+	err := d.run(ctx, "probe SID of", func() (err error) {
+		c, err := d.connect(ctx, true)
+		if err != nil {
+			return err
+		}
+		if state = c.sum.SID; state != SIDUnknown {
+			return nil
+		}
+		v, _, err := c.verifier()
+		if err != nil {
+			return err
+		}
+		if v != nil && v.Has(RoleSID) {
+			state = SIDNotMSID
+			return nil
+		}
+		if !spendTry {
+			return nil
+		}
+		msid, err := c.readMSID()
+		if err != nil {
+			return err
+		}
+		defer zero(msid)
+		s, err := c.open(core.AdminSP, false)
+		if err != nil {
+			return err
+		}
+		defer s.closeAfter(&err)
+		switch _, err := s.present(SID, msid); {
+		case err == nil:
+			state = SIDIsMSID
+		case errors.Is(err, ErrWrongCredential):
+			state = SIDNotMSID
+		default:
+			return err
+		}
+		return nil
+	})
+	return state, err
+}

@@ -228,12 +228,6 @@ const (
 	ataIdentifyDevice = 0xec
 	ataTrustedRecv    = 0x5c
 	ataTrustedSend    = 0x5e
-
-	// maxSecurityTransfer caps one security transfer: go-tcg-storage
-	// sizes its receive buffer by the negotiated host properties (up to
-	// 1 MiB), far above what a TPer answers in one ComPacket and above
-	// some HBAs' transfer limits.
-	maxSecurityTransfer = 64 << 10
 )
 
 // SCSIError is a SCSI command that ended with a CHECK CONDITION or a
@@ -372,15 +366,15 @@ func scsiSecurity(f *os.File, send bool, proto uint8, sps uint16, buf []byte) er
 }
 
 // blockBuffer returns buf itself when it is a whole number of 512-byte
-// blocks no larger than maxSecurityTransfer, else a bounce buffer (a
+// blocks no larger than MaxSecurityTransfer, else a bounce buffer (a
 // receive is capped, a send padded with zeros).
 func blockBuffer(buf []byte, send bool) ([]byte, error) {
 	n := len(buf)
-	if !send && n > maxSecurityTransfer {
-		n = maxSecurityTransfer
+	if !send && n > MaxSecurityTransfer {
+		n = MaxSecurityTransfer
 	}
-	if send && n > maxSecurityTransfer {
-		return nil, fmt.Errorf("security send of %d bytes exceeds the %d-byte transfer limit", n, maxSecurityTransfer)
+	if send && n > MaxSecurityTransfer {
+		return nil, fmt.Errorf("security send of %d bytes exceeds the %d-byte transfer limit", n, MaxSecurityTransfer)
 	}
 	n = (n + 511) &^ 511
 	if n == len(buf) {

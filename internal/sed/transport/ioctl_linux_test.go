@@ -42,7 +42,7 @@ func TestBlockBuffer(t *testing.T) {
 		t.Errorf("padded send is %d bytes", len(x))
 	}
 	x, _ = blockBuffer(make([]byte, 1<<20), false)
-	if len(x) != maxSecurityTransfer {
+	if len(x) != MaxSecurityTransfer {
 		t.Errorf("receive not capped: %d", len(x))
 	}
 	if _, err := blockBuffer(make([]byte, 1<<20), true); err == nil {

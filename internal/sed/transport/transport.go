@@ -39,6 +39,10 @@ const (
 // core.Discovery0 recognises it.
 var ErrNotSupported = fmt.Errorf("transport: %w", drive.ErrNotSupported)
 
+// MaxSecurityTransfer is the largest IF-SEND or IF-RECV transfer a Device
+// issues; receive buffers beyond it are not filled.
+const MaxSecurityTransfer = 64 << 10
+
 // Identity is what a drive reports about itself. Byte identifiers are nil
 // when the drive does not report them.
 type Identity struct {
@@ -124,15 +128,22 @@ func (d *Device) IFRecv(proto drive.SecurityProtocol, sps uint16, data *[]byte) 
 	if len(*data) == 0 {
 		return errors.New("transport: IF-RECV with an empty buffer")
 	}
+	// go-tcg-storage sizes receive buffers by the negotiated host
+	// properties (up to 1 MiB): far more than a TPer answers in one
+	// ComPacket and more than some controllers transfer in one command.
+	p := *data
+	if len(p) > MaxSecurityTransfer {
+		p = p[:MaxSecurityTransfer]
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	switch {
 	case d.kind == KindNVMe:
-		return nvmeSecurity(d.f, false, uint8(proto), sps, *data)
+		return nvmeSecurity(d.f, false, uint8(proto), sps, p)
 	case d.ataPassThrough:
-		return ataTrusted(d.f, false, uint8(proto), sps, *data)
+		return ataTrusted(d.f, false, uint8(proto), sps, p)
 	default:
-		return scsiSecurity(d.f, false, uint8(proto), sps, *data)
+		return scsiSecurity(d.f, false, uint8(proto), sps, p)
 	}
 }
 
@@ -141,6 +152,9 @@ func (d *Device) IFRecv(proto drive.SecurityProtocol, sps uint16, data *[]byte) 
 func (d *Device) IFSend(proto drive.SecurityProtocol, sps uint16, data []byte) error {
 	if len(data) == 0 {
 		return errors.New("transport: IF-SEND with an empty buffer")
+	}
+	if len(data) > MaxSecurityTransfer {
+		return fmt.Errorf("transport: IF-SEND of %d bytes exceeds the %d-byte limit", len(data), MaxSecurityTransfer)
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
