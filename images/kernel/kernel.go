@@ -19,7 +19,7 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/sedboot/sedboot/images/filelock"
 )
 
 // ErrNotFetched is returned by Open when the kernel is not in the cache yet.
@@ -137,11 +137,11 @@ func ensure(ctx context.Context, cacheDir, deb string) (*Kernel, error) {
 	if err := os.MkdirAll(cacheDir, 0o755); err != nil {
 		return nil, fmt.Errorf("ensure kernel: %w", err)
 	}
-	unlock, err := lockFile(ctx, filepath.Join(cacheDir, ".lock"))
+	lock, err := filelock.Lock(ctx, filepath.Join(cacheDir, ".lock"))
 	if err != nil {
 		return nil, fmt.Errorf("ensure kernel: %w", err)
 	}
-	defer unlock()
+	defer lock.Unlock()
 
 	if k, err := Open(cacheDir); err == nil {
 		return k, nil
@@ -255,29 +255,4 @@ func lastLines(b []byte, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
-}
-
-// lockFile takes an exclusive flock on path, polling until ctx is done, and
-// returns the function that releases it.
-func lockFile(ctx context.Context, path string) (func(), error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("lock %s: %w", path, err)
-	}
-	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err == nil {
-			return func() { f.Close() }, nil
-		}
-		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
-			f.Close()
-			return nil, fmt.Errorf("lock %s: %w", path, err)
-		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, fmt.Errorf("lock %s: %w", path, ctx.Err())
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
 }
