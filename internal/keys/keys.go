@@ -10,15 +10,13 @@
 //
 // in the Object Group "<prefix>-<array-serial>". From a key the package
 // derives, with HKDF-SHA256 and distinct labels, the drive's SID and
-// Admin1 PINs and a verifier (an HMAC the drive keeps in its DataStore
-// so a candidate key can be checked without spending an Opal try).
+// Admin1 PINs. (The key verifier a drive keeps in its DataStore is
+// computed from the Admin1 PIN by package sed.)
 package keys
 
 import (
 	"crypto/hkdf"
-	"crypto/hmac"
 	"crypto/sha256"
-	"encoding/binary"
 	"fmt"
 	"regexp"
 	"strconv"
@@ -109,7 +107,6 @@ type Role string
 const (
 	RoleSID    Role = "opal-sid-pin"    // Admin SP owner
 	RoleAdmin1 Role = "opal-admin1-pin" // Locking SP administrator
-	roleVerify Role = "verifier-key"
 )
 
 // PIN derives the Opal credential for role from a drive key. The drive
@@ -119,10 +116,6 @@ func PIN(key *secret.Secret, role Role, drive string) (*secret.Secret, error) {
 	if role != RoleSID && role != RoleAdmin1 {
 		return nil, fmt.Errorf("derive PIN for %s: unknown role %q", drive, role)
 	}
-	return derive(key, role, drive)
-}
-
-func derive(key *secret.Secret, role Role, drive string) (*secret.Secret, error) {
 	k := key.Bytes()
 	if len(k) != KeySize {
 		return nil, fmt.Errorf("derive %s for drive %s: key is %d bytes, want %d", role, drive, len(k), KeySize)
@@ -132,36 +125,4 @@ func derive(key *secret.Secret, role Role, drive string) (*secret.Secret, error)
 		return nil, fmt.Errorf("derive %s for drive %s: %w", role, drive, err)
 	}
 	return secret.From(out)
-}
-
-// VerifierSize is the size of a verifier in bytes.
-const VerifierSize = sha256.Size
-
-// Verifier computes the value a drive keeps to recognise its key without
-// an Opal authentication: HMAC-SHA256 under a key derived from the drive
-// key, over the array serial, drive serial and generation. It reveals
-// nothing usable about the key.
-func Verifier(key *secret.Secret, array, drive string, gen int) ([VerifierSize]byte, error) {
-	var out [VerifierSize]byte
-	vk, err := derive(key, roleVerify, drive)
-	if err != nil {
-		return out, err
-	}
-	defer vk.Zero()
-	m := hmac.New(sha256.New, vk.Bytes())
-	m.Write([]byte("sedboot-verifier\x00" + array + "\x00" + drive + "\x00"))
-	var g [8]byte
-	binary.BigEndian.PutUint64(g[:], uint64(gen))
-	m.Write(g[:])
-	copy(out[:], m.Sum(nil))
-	return out, nil
-}
-
-// Matches reports whether key is the drive key behind verifier v.
-func Matches(key *secret.Secret, array, drive string, gen int, v [VerifierSize]byte) (bool, error) {
-	got, err := Verifier(key, array, drive, gen)
-	if err != nil {
-		return false, err
-	}
-	return hmac.Equal(got[:], v[:]), nil
 }

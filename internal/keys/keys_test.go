@@ -86,45 +86,12 @@ func TestPINsDistinctPerRoleAndDrive(t *testing.T) {
 	if seen[string(again.Bytes())] != "opal-sid-pin/D1" {
 		t.Fatal("derivation is not deterministic")
 	}
-	if _, err := PIN(k, roleVerify, "D1"); err == nil {
-		t.Fatal("PIN derived the verifier key")
+	if _, err := PIN(k, Role("other"), "D1"); err == nil {
+		t.Fatal("PIN derived a credential for an unknown role")
 	}
 	short, _ := secret.From([]byte("short"))
 	defer short.Zero()
 	if _, err := PIN(short, RoleSID, "D1"); err == nil {
 		t.Fatal("PIN accepted a short key")
-	}
-}
-
-func TestVerifier(t *testing.T) {
-	k1, k2 := mustKey(t, 1), mustKey(t, 2)
-	v, err := Verifier(k1, "ARR", "D1", 3)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tests := []struct {
-		name  string
-		key   *secret.Secret
-		array string
-		drive string
-		gen   int
-		want  bool
-	}{
-		{"same", k1, "ARR", "D1", 3, true},
-		{"other key", k2, "ARR", "D1", 3, false},
-		{"other array", k1, "ARR2", "D1", 3, false},
-		{"other drive", k1, "ARR", "D2", 3, false},
-		{"other generation", k1, "ARR", "D1", 4, false},
-	}
-	for _, tc := range tests {
-		ok, err := Matches(tc.key, tc.array, tc.drive, tc.gen, v)
-		if err != nil || ok != tc.want {
-			t.Errorf("%s: Matches = %v, %v; want %v", tc.name, ok, err, tc.want)
-		}
-	}
-	pin, _ := PIN(k1, RoleAdmin1, "D1")
-	defer pin.Zero()
-	if bytes.Equal(pin.Bytes(), v[:]) {
-		t.Fatal("verifier equals the Admin1 PIN")
 	}
 }
