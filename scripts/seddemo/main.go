@@ -18,8 +18,8 @@ import (
 	"github.com/sedboot/sedboot/internal/blockdev"
 	"github.com/sedboot/sedboot/internal/keys"
 	"github.com/sedboot/sedboot/internal/opalsim"
-	"github.com/sedboot/sedboot/internal/sed"
 	"github.com/sedboot/sedboot/internal/secret"
+	"github.com/sedboot/sedboot/internal/sed"
 )
 
 const array = "DEMO-ARRAY-1"
