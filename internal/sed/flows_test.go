@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 
@@ -557,8 +558,12 @@ func TestTriesLowRefusesNewCredential(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := 0; i < 2; i++ {
-		if _, err := d.Unlock(ctx, key(t)); !errors.Is(err, ErrWrongCredential) {
+		_, err := d.Unlock(ctx, key(t))
+		if !errors.Is(err, ErrWrongCredential) {
 			t.Fatalf("wrong key %d: %v", i, err)
+		}
+		if want := fmt.Sprintf("%d of 3 tries left", 2-i); !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not say %q", err, want)
 		}
 		d.ResetGuard()
 	}

@@ -135,6 +135,16 @@ func (g *guard) check(a Authority, cred []byte) error {
 	return nil
 }
 
+// estimate returns the tries a has left by the last count read plus the
+// failures seen since, when a count with a limit was read.
+func (g *guard) estimate(a Authority) (left, limit int, ok bool) {
+	st := g.auth[a]
+	if st == nil || !st.tries.Known || st.tries.TryLimit == 0 {
+		return 0, 0, false
+	}
+	return max(st.tries.TryLimit-st.tries.Tries-st.failuresSince, 0), st.tries.TryLimit, true
+}
+
 // failure records a rejected presentation.
 func (g *guard) failure(a Authority) {
 	g.failed[a]++

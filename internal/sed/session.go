@@ -325,8 +325,13 @@ func (s *session) present(a Authority, cred []byte) (TriesInfo, error) {
 	case err == nil:
 	case errors.Is(err, table.ErrAuthenticationFailed), errors.Is(err, core.ErrMethodStatusNotAuthorized):
 		d.guard.failure(a)
-		d.log.Info("credential rejected", "authority", a.String(), "failures", d.guard.failures(a))
-		return TriesInfo{Authority: a}, fmt.Errorf("authenticate as %s: %w", a, ErrWrongCredential)
+		n := d.guard.failures(a)
+		d.log.Info("credential rejected", "authority", a.String(), "failures", n)
+		detail := fmt.Sprintf("%d failed this boot", n)
+		if left, limit, ok := d.guard.estimate(a); ok {
+			detail += fmt.Sprintf(", %d of %d tries left", left, limit)
+		}
+		return TriesInfo{Authority: a}, fmt.Errorf("authenticate as %s (%s): %w", a, detail, ErrWrongCredential)
 	case errors.Is(err, core.ErrMethodStatusAuthorityLockedOut):
 		return TriesInfo{Authority: a}, fmt.Errorf("authenticate as %s: %w", a, ErrLockedOut)
 	default:
