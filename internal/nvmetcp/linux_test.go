@@ -1,0 +1,103 @@
+package nvmetcp_test
+
+import (
+	"context"
+	"net"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sedboot/sedboot/images/boottest"
+	"github.com/sedboot/sedboot/images/guest"
+	"github.com/sedboot/sedboot/images/qemu"
+	"github.com/sedboot/sedboot/initramfs"
+	"github.com/sedboot/sedboot/internal/nvmetcp"
+	"github.com/sedboot/sedboot/internal/opalsim"
+)
+
+// transportTrouble matches kernel messages that mean the target broke the
+// protocol or the host gave up on it.
+var transportTrouble = regexp.MustCompile(`(?i)(digest|invalid|unexpected|mismatch|not supported|unsupported|failed to|could not|timeout|reset|error recovery|rejecting|bogus|duplicate|mandatory)`)
+
+// TestLinuxHost boots Debian's 6.12 kernel in QEMU and lets its nvme-tcp
+// driver and sed-opal use two opalsim drives through the target: connect
+// (one with header and data digests), O_DIRECT I/O, TCG discovery and a
+// 1 MiB security receive through the admin passthrough, and sed-opal
+// ownership, activation, lock and unlock.
+func TestLinuxHost(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots a QEMU guest")
+	}
+	boottest.RequireQEMU(t)
+	k := boottest.Kernel(t)
+	img := boottest.Image(t, initramfs.Spec{
+		Init:          "./testdata/linuxhost",
+		Modules:       boottest.Modules(t, k, "nvme-tcp", "virtio_net"),
+		KernelVersion: k.Version,
+	})
+
+	tg, err := nvmetcp.NewTarget(nil, nvmetcp.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var nqns []string
+	var drives []*opalsim.Drive
+	for _, serial := range []string{"LNXHOST0", "LNXHOST1"} {
+		d, err := opalsim.NewMemory(opalsim.Config{Serial: serial, Model: "sedboot opalsim", Firmware: "T1",
+			Blocks: 64 << 11, MBRSize: 1 << 20, DataStoreSize: 64 << 10})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { d.Close() })
+		nqn := "nqn.2026-11.io.sedboot:sim:" + serial
+		if err := tg.AddSubsystem(nqn, d); err != nil {
+			t.Fatal(err)
+		}
+		nqns = append(nqns, nqn)
+		drives = append(drives, d)
+	}
+	l := boottest.Listen(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- tg.Serve(ctx, l) }()
+	t.Cleanup(func() {
+		cancel()
+		tg.Close()
+		<-served
+	})
+	_, port, _ := net.SplitHostPort(l.Addr().String())
+	_ = port
+
+	cfg := qemu.Config{Name: "nvmetcp-linux", Kernel: k.VmlinuzPath, Initrd: img.Path, CPUs: 2,
+		Cmdline: []string{"sedboot.nqns=" + strings.Join(nqns, ",")},
+		Net:     &qemu.UserNet{Forwards: []qemu.Forward{{GuestPort: 4420, Host: l.Addr().String()}}},
+	}
+	start := time.Now()
+	m := boottest.Boot(t, cfg)
+	boottest.WaitFor(t, m, guest.Started)
+	boottest.WaitFor(t, m, "sed-opal unlock ok, data intact")
+	boottest.WaitFor(t, m, guest.Passed)
+	t.Logf("guest start to pass: %s", time.Since(start).Round(time.Millisecond))
+	boottest.WaitExit(t, m)
+
+	for _, line := range strings.Split(m.ConsoleText(), "\n") {
+		if !strings.Contains(line, guest.Marker+" kmsg:") {
+			continue
+		}
+		t.Log(strings.TrimSpace(line))
+		msg := line[strings.Index(line, "kmsg:")+5:]
+		// The locked read is expected to fail with Access Denied.
+		if strings.Contains(msg, "Access Denied") || strings.Contains(msg, "I/O error") || strings.Contains(msg, "Buffer I/O error") {
+			continue
+		}
+		if transportTrouble.MatchString(msg) {
+			t.Errorf("kernel reports a problem: %s", strings.TrimSpace(msg))
+		}
+	}
+	st := drives[0].Status()
+	if !st.LockingEnabled || !st.Ranges[0].ReadLockEnabled || st.Ranges[0].ReadLocked {
+		t.Errorf("drive 0 after the guest: locking enabled %v, RLE %v, read locked %v; want enabled, RLE, unlocked",
+			st.LockingEnabled, st.Ranges[0].ReadLockEnabled, st.Ranges[0].ReadLocked)
+	}
+}

@@ -1,0 +1,317 @@
+// Command linuxhost is the /init of nvmetcp's Linux interop test: the
+// guest's own kernel (nvme-tcp, nvme-fabrics, sed-opal) is the NVMe/TCP
+// host. It connects to the subsystems named on the kernel command line
+// (sedboot.nqns=A,B at 10.0.2.100:4420; the second with header and data
+// digests), does O_DIRECT I/O, runs go-tcg-storage Level 0 discovery and a
+// control session through the admin passthrough ioctl, then drives the
+// kernel's sed-opal ioctls on the first namespace: take ownership,
+// activate, enable locking on the global range, lock (reads must fail),
+// unlock (the data written before reads back). Every kernel log line about
+// nvme is echoed to the console for the host test to judge.
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+	"unsafe"
+
+	"github.com/open-source-firmware/go-tcg-storage/pkg/core"
+	"github.com/open-source-firmware/go-tcg-storage/pkg/drive"
+	"golang.org/x/sys/unix"
+
+	"github.com/sedboot/sedboot/images/guest"
+	"github.com/sedboot/sedboot/initramfs/modload"
+	"github.com/sedboot/sedboot/internal/nvmeof"
+)
+
+const hostNQN = "nqn.2014-08.org.nvmexpress:uuid:7e57c0de-0000-4000-8000-00000000beef"
+
+func main() {
+	if err := guest.Start(); err != nil {
+		guest.Fail(err)
+	}
+	args, err := guest.KernelArgs()
+	if err != nil {
+		guest.Fail(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	err = run(ctx, strings.Split(args["sedboot.nqns"], ","))
+	dumpKernelLog()
+	if err != nil {
+		guest.Fail(err)
+	}
+	guest.Pass()
+}
+
+func run(ctx context.Context, nqns []string) error {
+	if _, err := modload.Load(ctx, "/"); err != nil {
+		return err
+	}
+	if err := guest.ConfigureStatic(ctx, "eth0", "10.0.2.15/24", ""); err != nil {
+		return err
+	}
+	var h nvmeof.Host
+	var disks []string
+	for i, nqn := range nqns {
+		t := nvmeof.Target{Address: "10.0.2.100", Port: 4420, NQN: nqn, HostNQN: hostNQN, HostID: "7e57c0de-0000-4000-8000-00000000beef", CtrlLossTmo: 5, ReconnectDelay: 1}
+		var c nvmeof.Controller
+		var err error
+		start := time.Now()
+		if i == 1 {
+			c, err = connectRaw(t, ",hdr_digest,data_digest")
+		} else {
+			c, err = h.Connect(ctx, t)
+		}
+		if err != nil {
+			return fmt.Errorf("connect %s: %w", nqn, err)
+		}
+		devs, err := h.WaitNamespaces(ctx, c, 1)
+		if err != nil {
+			return err
+		}
+		guest.Reportf("connected %s as %s (cntlid %d) in %s: %v", nqn, c.Name, c.CntlID, time.Since(start).Round(time.Millisecond), devs)
+		disks = append(disks, devs[0])
+		if err := tcgDiscovery(c.Device()); err != nil {
+			return fmt.Errorf("%s: %w", c.Device(), err)
+		}
+	}
+	pattern := bytes.Repeat([]byte("sedboot nvmetcp linux interop. "), 1<<20/31+1)[:1<<20]
+	for _, d := range disks {
+		if err := directWrite(d, 1<<20, pattern); err != nil {
+			return err
+		}
+		got, err := directRead(d, 1<<20, len(pattern))
+		if err != nil {
+			return err
+		}
+		if !bytes.Equal(got, pattern) {
+			return fmt.Errorf("%s: data read back differs", d)
+		}
+		guest.Reportf("%s: 1 MiB O_DIRECT write and read back ok", d)
+	}
+	return sedOpal(disks[0], pattern)
+}
+
+// connectRaw writes an options string with extra flags to /dev/nvme-fabrics.
+func connectRaw(t nvmeof.Target, extra string) (nvmeof.Controller, error) {
+	opts, err := t.Options()
+	if err != nil {
+		return nvmeof.Controller{}, err
+	}
+	f, err := os.OpenFile("/dev/nvme-fabrics", os.O_RDWR, 0)
+	if err != nil {
+		return nvmeof.Controller{}, err
+	}
+	defer f.Close()
+	guest.Reportf("writing %q to /dev/nvme-fabrics", opts+extra)
+	if _, err := f.Write([]byte(opts + extra)); err != nil {
+		return nvmeof.Controller{}, err
+	}
+	buf := make([]byte, 256)
+	n, err := f.Read(buf)
+	if err != nil {
+		return nvmeof.Controller{}, err
+	}
+	return nvmeof.ParseConnectResponse(string(buf[:n]))
+}
+
+func tcgDiscovery(dev string) error {
+	d, err := drive.Open(dev)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	d0, err := core.Discovery0(d)
+	if err != nil {
+		return fmt.Errorf("level 0 discovery: %w", err)
+	}
+	if d0.OpalV2 == nil || d0.Locking == nil {
+		return errors.New("level 0 discovery: no Opal 2 / Locking feature")
+	}
+	cs, err := core.NewControlSession(d, d0)
+	if err != nil {
+		return fmt.Errorf("control session (1 MiB security receive): %w", err)
+	}
+	defer cs.Close()
+	guest.Reportf("%s: TCG level 0 ok: Opal 2 base ComID %#x, locking enabled %v, locked %v", dev, d0.OpalV2.BaseComID, d0.Locking.LockingEnabled, d0.Locking.Locked)
+	return nil
+}
+
+func alignedBuf(n int) ([]byte, func(), error) {
+	b, err := unix.Mmap(-1, 0, n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
+	if err != nil {
+		return nil, nil, err
+	}
+	return b, func() { _ = unix.Munmap(b) }, nil
+}
+
+func directWrite(dev string, off int64, data []byte) error {
+	fd, err := unix.Open(dev, unix.O_WRONLY|unix.O_DIRECT, 0)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", dev, err)
+	}
+	defer unix.Close(fd)
+	b, free, err := alignedBuf(len(data))
+	if err != nil {
+		return err
+	}
+	defer free()
+	copy(b, data)
+	if _, err := unix.Pwrite(fd, b, off); err != nil {
+		return fmt.Errorf("write %s: %w", dev, err)
+	}
+	return unix.Fsync(fd)
+}
+
+func directRead(dev string, off int64, n int) ([]byte, error) {
+	fd, err := unix.Open(dev, unix.O_RDONLY|unix.O_DIRECT, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", dev, err)
+	}
+	defer unix.Close(fd)
+	b, free, err := alignedBuf(n)
+	if err != nil {
+		return nil, err
+	}
+	defer free()
+	if _, err := unix.Pread(fd, b, off); err != nil {
+		return nil, fmt.Errorf("read %s: %w", dev, err)
+	}
+	return append([]byte(nil), b...), nil
+}
+
+// sed-opal UAPI (include/uapi/linux/sed-opal.h).
+type opalKey struct {
+	LR      uint8
+	KeyLen  uint8
+	KeyType uint8
+	_       [5]uint8
+	Key     [256]uint8
+}
+
+type opalLRAct struct {
+	Key    opalKey
+	SUM    uint32
+	NumLRs uint8
+	LR     [9]uint8
+	_      [2]uint8
+}
+
+type opalSessionInfo struct {
+	SUM uint32
+	Who uint32
+	Key opalKey
+}
+
+type opalUserLRSetup struct {
+	RangeStart  uint64
+	RangeLength uint64
+	RLE, WLE    uint32
+	Session     opalSessionInfo
+}
+
+type opalLockUnlock struct {
+	Session opalSessionInfo
+	LState  uint32
+	Flags   uint16
+	_       [2]uint8
+}
+
+func iow(nr uintptr, size uintptr) uintptr { return 1<<30 | size<<16 | 'p'<<8 | nr }
+
+func opalIoctl(fd int, nr uintptr, p unsafe.Pointer, size uintptr) error {
+	_, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), iow(nr, size), uintptr(p))
+	if e != 0 {
+		return e
+	}
+	return nil
+}
+
+// step is one sed-opal ioctl with its argument.
+type step struct {
+	name string
+	nr   uintptr
+	p    unsafe.Pointer
+	size uintptr
+}
+
+func key(pw string) opalKey {
+	var k opalKey
+	k.KeyLen = uint8(len(pw))
+	copy(k.Key[:], pw)
+	return k
+}
+
+func sedOpal(dev string, pattern []byte) error {
+	fd, err := unix.Open(dev, unix.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	const pw = "linux-sed-opal-test-password"
+	k := key(pw)
+	var steps []step
+	act := opalLRAct{Key: k, NumLRs: 1} // the kernel insists on num_lrs >= 1 even without single user mode
+	setup := opalUserLRSetup{RLE: 1, WLE: 1, Session: opalSessionInfo{Key: k}}
+	lock := opalLockUnlock{Session: opalSessionInfo{Key: k}, LState: 0x04}
+	unlock := opalLockUnlock{Session: opalSessionInfo{Key: k}, LState: 0x02}
+	steps = append(steps,
+		step{"IOC_OPAL_TAKE_OWNERSHIP", 222, unsafe.Pointer(&k), unsafe.Sizeof(k)},
+		step{"IOC_OPAL_ACTIVATE_LSP", 223, unsafe.Pointer(&act), unsafe.Sizeof(act)},
+		step{"IOC_OPAL_LR_SETUP", 227, unsafe.Pointer(&setup), unsafe.Sizeof(setup)},
+		step{"IOC_OPAL_LOCK_UNLOCK(LK)", 221, unsafe.Pointer(&lock), unsafe.Sizeof(lock)},
+	)
+	for _, s := range steps {
+		if err := opalIoctl(fd, s.nr, s.p, s.size); err != nil {
+			return fmt.Errorf("%s on %s: %w", s.name, dev, err)
+		}
+		guest.Reportf("%s on %s ok", s.name, dev)
+	}
+	if _, err := directRead(dev, 1<<20, 4096); err == nil {
+		return fmt.Errorf("%s: read succeeded while the global range is locked", dev)
+	} else {
+		guest.Reportf("%s: read while locked fails as it must: %v", dev, err)
+	}
+	if err := opalIoctl(fd, 221, unsafe.Pointer(&unlock), unsafe.Sizeof(unlock)); err != nil {
+		return fmt.Errorf("IOC_OPAL_LOCK_UNLOCK(RW) on %s: %w", dev, err)
+	}
+	got, err := directRead(dev, 1<<20, len(pattern))
+	if err != nil {
+		return fmt.Errorf("read after sed-opal unlock: %w", err)
+	}
+	if !bytes.Equal(got, pattern) {
+		return fmt.Errorf("%s: data after unlock differs", dev)
+	}
+	guest.Reportf("%s: sed-opal unlock ok, data intact", dev)
+	return nil
+}
+
+// dumpKernelLog echoes the kernel's nvme messages to the console.
+func dumpKernelLog() {
+	fd, err := unix.Open("/dev/kmsg", unix.O_RDONLY|unix.O_NONBLOCK, 0)
+	if err != nil {
+		guest.Reportf("kmsg: %v", err)
+		return
+	}
+	defer unix.Close(fd)
+	buf := make([]byte, 8192)
+	for range 100000 {
+		n, err := unix.Read(fd, buf)
+		if err != nil || n <= 0 {
+			return
+		}
+		rec := string(buf[:n])
+		if i := strings.IndexByte(rec, ';'); i >= 0 {
+			msg := strings.TrimSpace(strings.SplitN(rec[i+1:], "\n", 2)[0])
+			if strings.Contains(msg, "nvme") || strings.Contains(msg, "opal") {
+				guest.Reportf("kmsg: %s", msg)
+			}
+		}
+	}
+}
