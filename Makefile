@@ -7,8 +7,10 @@ GO        ?= go
 BIN       := bin
 TOOLS     := build/tools
 STATICCHECK_VERSION := v0.8.2
-# Every main package in the module becomes a static binary in bin/.
-CMDS      = $(shell $(GO) list -f '{{if eq .Name "main"}}{{.ImportPath}}{{end}}' ./... 2>/dev/null)
+# Every product program (main packages under tools/ and agent/) becomes a
+# static binary in bin/; helper programs under scripts/ and images/ are run
+# with `go run` by the targets that need them.
+CMDS      = $(shell $(GO) list -f '{{if eq .Name "main"}}{{.ImportPath}}{{end}}' ./tools/... ./agent/... 2>/dev/null)
 TEST_TIMEOUT ?= 60m
 
 .PHONY: help prereqs kernel build test unit lint bench fuzz demo clean
