@@ -801,3 +801,25 @@ func TestPSIDTriesCheckedBeforePresenting(t *testing.T) {
 		t.Fatalf("PSID after power cycle: %v", err)
 	}
 }
+
+// TestAbandonedSessionIsReset: a process that dies inside a session leaves
+// it open on the TPer (the simulator allows one session); the next
+// process's control session starts with a STACK_RESET, which ends it.
+func TestAbandonedSessionIsReset(t *testing.T) {
+	ctx := testCtx(t)
+	sim := newSim(t, "ABN0001", 5)
+	k := newKeys(t)
+	mustEnable(t, ctx, New(sim, "enable"), k)
+	dead := New(sim, "dead")
+	c, err := dead.connect(ctx, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, _, err := c.authSession(Admin1, k.admin1, true); err != nil {
+		t.Fatal(err)
+	}
+	// No close: the process is gone.
+	if _, err := New(sim, "next").Unlock(ctx, k.admin1); err != nil {
+		t.Fatalf("unlock after an abandoned session: %v", err)
+	}
+}

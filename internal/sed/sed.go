@@ -109,6 +109,9 @@ type Drive struct {
 	guard guard
 	// offDrive is a key verifier kept off the drive (UseVerifier).
 	offDrive *Verifier
+
+	serialMu sync.Mutex
+	serial   string // cached once read
 }
 
 // Option configures a Drive.
@@ -168,6 +171,11 @@ func (d *Drive) Close() error {
 // Serial returns the drive's serial number as the drive reports it
 // (trimmed), or an error when the drive interface cannot report one.
 func (d *Drive) Serial() (string, error) {
+	d.serialMu.Lock()
+	defer d.serialMu.Unlock()
+	if d.serial != "" {
+		return d.serial, nil
+	}
 	sn, ok := d.intf.(interface{ SerialNumber() ([]byte, error) })
 	if !ok {
 		return "", fmt.Errorf("serial number of %s: the drive interface does not report one", d.name)
@@ -185,6 +193,7 @@ func (d *Drive) Serial() (string, error) {
 	if s == "" {
 		return "", fmt.Errorf("serial number of %s: the drive reports an empty serial number", d.name)
 	}
+	d.serial = s
 	return s, nil
 }
 
