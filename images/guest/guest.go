@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"strings"
@@ -34,10 +35,26 @@ const (
 	Failed = Marker + " fail:"
 )
 
+// Guest reports on the console.
+type Guest struct {
+	out io.Writer
+}
+
 // Start reports Started and mounts /proc, /sys, /dev (devtmpfs) and /tmp,
-// where they are not mounted yet.
-func Start() error {
-	fmt.Println(Started)
+// where they are not mounted yet. The Guest it returns (also with an
+// error, to report it) writes to standard output when that is the console,
+// and straight to /dev/console when standard output is a pipe, as under
+// u-root's init, which copies a pipe to the consoles and would lose the
+// last lines when the program powers off.
+func Start() (*Guest, error) {
+	g := &Guest{out: os.Stdout}
+	var st unix.Stat_t
+	if err := unix.Fstat(1, &st); err == nil && st.Mode&unix.S_IFMT == unix.S_IFIFO {
+		if c, err := os.OpenFile("/dev/console", os.O_WRONLY|unix.O_NOCTTY, 0); err == nil {
+			g.out = c
+		}
+	}
+	fmt.Fprintln(g.out, Started)
 	mounts := []struct{ fstype, target string }{
 		{"proc", "/proc"},
 		{"sysfs", "/sys"},
@@ -46,19 +63,19 @@ func Start() error {
 	}
 	for _, m := range mounts {
 		if err := os.MkdirAll(m.target, 0o755); err != nil {
-			return fmt.Errorf("mount %s: %w", m.target, err)
+			return g, fmt.Errorf("mount %s: %w", m.target, err)
 		}
 		err := unix.Mount(m.fstype, m.target, m.fstype, unix.MS_NOSUID, "")
 		if err != nil && !errors.Is(err, unix.EBUSY) {
-			return fmt.Errorf("mount %s on %s: %w", m.fstype, m.target, err)
+			return g, fmt.Errorf("mount %s on %s: %w", m.fstype, m.target, err)
 		}
 	}
-	return nil
+	return g, nil
 }
 
 // Reportf prints one report line on the console.
-func Reportf(format string, args ...any) {
-	fmt.Printf("%s %s\n", Marker, fmt.Sprintf(format, args...))
+func (g *Guest) Reportf(format string, args ...any) {
+	fmt.Fprintf(g.out, "%s %s\n", Marker, fmt.Sprintf(format, args...))
 }
 
 // KernelArgs returns the kernel command line's parameters: "k=v" as k -> v,
@@ -125,14 +142,14 @@ func ConfigureStatic(ctx context.Context, ifname, cidr, gateway string) error {
 }
 
 // Pass reports success and powers off.
-func Pass() {
-	fmt.Println(Passed)
+func (g *Guest) Pass() {
+	fmt.Fprintln(g.out, Passed)
 	PowerOff()
 }
 
 // Fail reports the failure and powers off.
-func Fail(err error) {
-	fmt.Printf("%s %v\n", Failed, err)
+func (g *Guest) Fail(err error) {
+	fmt.Fprintf(g.out, "%s %v\n", Failed, err)
 	PowerOff()
 }
 
