@@ -296,3 +296,57 @@ func TestLifeCycleThroughGoTCGStorage(t *testing.T) {
 	}
 	_ = stream.EqualToken
 }
+
+// TestActivateInSessionThatChangedSID covers a host that takes ownership
+// and activates in one Admin SP session: Activate must hand Admin1 the
+// SID credential as it is now, so Admin1 works fully with the new PIN
+// (changes its own PIN, and unlocks after a power cycle).
+func TestActivateInSessionThatChangedSID(t *testing.T) {
+	d, _ := testDrive(t)
+	h := newHost(t, d)
+	sid := []byte("new-sid-credential")
+	s, err := h.adminSession(core.AuthorityAnybody, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msid, err := table.Admin_C_PIN_MSID_GetPIN(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := table.ThisSP_Authenticate(s, core.AuthoritySID, msid); err != nil {
+		t.Fatal(err)
+	}
+	if err := setPIN(s, cpinSID, sid); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.ExecuteMethod(s.NewMethodCall(core.InvokingID(core.LockingSP), table.MethodIDAdmin_Activate)); err != nil {
+		t.Fatalf("Activate in the session that changed SID: %v", err)
+	}
+	s.Close()
+
+	admin1 := []byte("admin1-credential")
+	ls, err := h.lockingSession(core.AuthorityObjectUID(authAdminN(1)), sid)
+	if err != nil {
+		t.Fatalf("Admin1 with the new SID value: %v", err)
+	}
+	if err := setPIN(ls, cpinAdminN(1), admin1); err != nil {
+		t.Fatalf("Admin1 sets its own PIN: %v", err)
+	}
+	ls.Close()
+	h.configureGlobal(admin1)
+	want := bytes.Repeat([]byte{0x5a}, 512)
+	if err := d.WriteBlocks(7, want); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.PowerCycle(); err != nil {
+		t.Fatal(err)
+	}
+	h = newHost(t, d)
+	if err := h.unlock(admin1); err != nil {
+		t.Fatalf("unlock after power cycle: %v", err)
+	}
+	got := make([]byte, 512)
+	if err := d.ReadBlocks(7, got); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("data after unlock: %v (equal=%v)", err, bytes.Equal(got, want))
+	}
+}

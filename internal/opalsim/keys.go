@@ -291,8 +291,16 @@ func (d *Drive) setPIN(s *session, obj UID, pin []byte) byte {
 			return stNotAuthorized
 		}
 		v, k := newVerifier(pin)
-		zero(k)
 		d.st.SID.V, d.st.SID.Tries = v, 0
+		// The session now holds SID's new credential: Activate later in
+		// this session must seal Admin1's keys under it (Opal copies the
+		// current C_PIN_SID value to Admin1).
+		if old, had := s.creds[authSID]; had {
+			zero(old)
+			s.creds[authSID] = k
+		} else {
+			zero(k)
+		}
 		return stSuccess
 	}
 	lo := obj.lo()
