@@ -32,24 +32,36 @@ import (
 const hostNQN = "nqn.2014-08.org.nvmexpress:uuid:7e57c0de-0000-4000-8000-00000000beef"
 
 func main() {
-	if err := guest.Start(); err != nil {
-		guest.Fail(err)
+	g, err := guest.Start()
+	if err != nil {
+		g.Fail(err)
 	}
 	args, err := guest.KernelArgs()
 	if err != nil {
-		guest.Fail(err)
+		g.Fail(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	err = run(ctx, strings.Split(args["sedboot.nqns"], ","))
-	dumpKernelLog()
+	kmsg, err := unix.Open("/dev/kmsg", unix.O_RDONLY|unix.O_NONBLOCK, 0)
 	if err != nil {
-		guest.Fail(err)
+		g.Fail(err)
 	}
-	guest.Pass()
+	t := &tester{g: g, kmsg: kmsg}
+	err = t.run(ctx, strings.Split(args["sedboot.nqns"], ","))
+	t.dumpKernelLog("kmsg-after")
+	if err != nil {
+		g.Fail(err)
+	}
+	g.Pass()
 }
 
-func run(ctx context.Context, nqns []string) error {
+// tester reports on the console and reads the kernel log.
+type tester struct {
+	g    *guest.Guest
+	kmsg int
+}
+
+func (t *tester) run(ctx context.Context, nqns []string) error {
 	if _, err := modload.Load(ctx, "/"); err != nil {
 		return err
 	}
@@ -59,14 +71,14 @@ func run(ctx context.Context, nqns []string) error {
 	var h nvmeof.Host
 	var disks []string
 	for i, nqn := range nqns {
-		t := nvmeof.Target{Address: "10.0.2.100", Port: 4420, NQN: nqn, HostNQN: hostNQN, HostID: "7e57c0de-0000-4000-8000-00000000beef", CtrlLossTmo: 5, ReconnectDelay: 1}
+		tgt := nvmeof.Target{Address: "10.0.2.100", Port: 4420, NQN: nqn, HostNQN: hostNQN, HostID: "7e57c0de-0000-4000-8000-00000000beef", CtrlLossTmo: 5, ReconnectDelay: 1}
 		var c nvmeof.Controller
 		var err error
 		start := time.Now()
 		if i == 1 {
-			c, err = connectRaw(t, ",hdr_digest,data_digest")
+			c, err = t.connectRaw(tgt, ",hdr_digest,data_digest")
 		} else {
-			c, err = h.Connect(ctx, t)
+			c, err = h.Connect(ctx, tgt)
 		}
 		if err != nil {
 			return fmt.Errorf("connect %s: %w", nqn, err)
@@ -75,9 +87,9 @@ func run(ctx context.Context, nqns []string) error {
 		if err != nil {
 			return err
 		}
-		guest.Reportf("connected %s as %s (cntlid %d) in %s: %v", nqn, c.Name, c.CntlID, time.Since(start).Round(time.Millisecond), devs)
+		t.g.Reportf("connected %s as %s (cntlid %d) in %s: %v", nqn, c.Name, c.CntlID, time.Since(start).Round(time.Millisecond), devs)
 		disks = append(disks, devs[0])
-		if err := tcgDiscovery(c.Device()); err != nil {
+		if err := t.tcgDiscovery(c.Device()); err != nil {
 			return fmt.Errorf("%s: %w", c.Device(), err)
 		}
 	}
@@ -93,14 +105,54 @@ func run(ctx context.Context, nqns []string) error {
 		if !bytes.Equal(got, pattern) {
 			return fmt.Errorf("%s: data read back differs", d)
 		}
-		guest.Reportf("%s: 1 MiB O_DIRECT write and read back ok", d)
+		t.g.Reportf("%s: 1 MiB O_DIRECT write and read back ok", d)
 	}
-	return sedOpal(disks[0], pattern)
+	if err := t.sedOpal(disks[0], pattern); err != nil {
+		return err
+	}
+	t.dumpKernelLog("kmsg")
+	return t.afterPowerCycle(ctx, disks[0], pattern)
+}
+
+// afterPowerCycle waits for the host to power-cycle the first drive: the
+// kernel reconnects by itself, and reads fail once the drive locked on
+// reset. Unlocking with sed-opal again brings the data back.
+func (t *tester) afterPowerCycle(ctx context.Context, dev string, pattern []byte) error {
+	t.g.Reportf("awaiting power cycle of %s", dev)
+	for {
+		if _, err := directRead(dev, 1<<20, 4096); err != nil {
+			t.g.Reportf("%s: read after power cycle fails as it must: %v", dev, err)
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s never locked after the power cycle: %w", dev, ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	fd, err := unix.Open(dev, unix.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	unlock := opalLockUnlock{Session: opalSessionInfo{Key: key(password)}, LState: 0x02}
+	if err := opalIoctl(fd, 221, unsafe.Pointer(&unlock), unsafe.Sizeof(unlock)); err != nil {
+		return fmt.Errorf("IOC_OPAL_LOCK_UNLOCK(RW) after power cycle: %w", err)
+	}
+	got, err := directRead(dev, 1<<20, len(pattern))
+	if err != nil {
+		return fmt.Errorf("read after unlocking the power-cycled drive: %w", err)
+	}
+	if !bytes.Equal(got, pattern) {
+		return fmt.Errorf("%s: data after power cycle and unlock differs", dev)
+	}
+	t.g.Reportf("%s: unlocked after power cycle, data intact", dev)
+	return nil
 }
 
 // connectRaw writes an options string with extra flags to /dev/nvme-fabrics.
-func connectRaw(t nvmeof.Target, extra string) (nvmeof.Controller, error) {
-	opts, err := t.Options()
+func (t *tester) connectRaw(tgt nvmeof.Target, extra string) (nvmeof.Controller, error) {
+	opts, err := tgt.Options()
 	if err != nil {
 		return nvmeof.Controller{}, err
 	}
@@ -109,7 +161,7 @@ func connectRaw(t nvmeof.Target, extra string) (nvmeof.Controller, error) {
 		return nvmeof.Controller{}, err
 	}
 	defer f.Close()
-	guest.Reportf("writing %q to /dev/nvme-fabrics", opts+extra)
+	t.g.Reportf("writing %q to /dev/nvme-fabrics", opts+extra)
 	if _, err := f.Write([]byte(opts + extra)); err != nil {
 		return nvmeof.Controller{}, err
 	}
@@ -121,7 +173,7 @@ func connectRaw(t nvmeof.Target, extra string) (nvmeof.Controller, error) {
 	return nvmeof.ParseConnectResponse(string(buf[:n]))
 }
 
-func tcgDiscovery(dev string) error {
+func (t *tester) tcgDiscovery(dev string) error {
 	d, err := drive.Open(dev)
 	if err != nil {
 		return err
@@ -139,7 +191,7 @@ func tcgDiscovery(dev string) error {
 		return fmt.Errorf("control session (1 MiB security receive): %w", err)
 	}
 	defer cs.Close()
-	guest.Reportf("%s: TCG level 0 ok: Opal 2 base ComID %#x, locking enabled %v, locked %v", dev, d0.OpalV2.BaseComID, d0.Locking.LockingEnabled, d0.Locking.Locked)
+	t.g.Reportf("%s: TCG level 0 ok: Opal 2 base ComID %#x, locking enabled %v, locked %v", dev, d0.OpalV2.BaseComID, d0.Locking.LockingEnabled, d0.Locking.Locked)
 	return nil
 }
 
@@ -233,6 +285,9 @@ func opalIoctl(fd int, nr uintptr, p unsafe.Pointer, size uintptr) error {
 	return nil
 }
 
+// password is the test's Opal credential (a test value, not a secret).
+const password = "linux-sed-opal-test-password"
+
 // step is one sed-opal ioctl with its argument.
 type step struct {
 	name string
@@ -248,14 +303,13 @@ func key(pw string) opalKey {
 	return k
 }
 
-func sedOpal(dev string, pattern []byte) error {
+func (t *tester) sedOpal(dev string, pattern []byte) error {
 	fd, err := unix.Open(dev, unix.O_RDWR, 0)
 	if err != nil {
 		return err
 	}
 	defer unix.Close(fd)
-	const pw = "linux-sed-opal-test-password"
-	k := key(pw)
+	k := key(password)
 	var steps []step
 	act := opalLRAct{Key: k, NumLRs: 1} // the kernel insists on num_lrs >= 1 even without single user mode
 	setup := opalUserLRSetup{RLE: 1, WLE: 1, Session: opalSessionInfo{Key: k}}
@@ -271,12 +325,12 @@ func sedOpal(dev string, pattern []byte) error {
 		if err := opalIoctl(fd, s.nr, s.p, s.size); err != nil {
 			return fmt.Errorf("%s on %s: %w", s.name, dev, err)
 		}
-		guest.Reportf("%s on %s ok", s.name, dev)
+		t.g.Reportf("%s on %s ok", s.name, dev)
 	}
 	if _, err := directRead(dev, 1<<20, 4096); err == nil {
 		return fmt.Errorf("%s: read succeeded while the global range is locked", dev)
 	} else {
-		guest.Reportf("%s: read while locked fails as it must: %v", dev, err)
+		t.g.Reportf("%s: read while locked fails as it must: %v", dev, err)
 	}
 	if err := opalIoctl(fd, 221, unsafe.Pointer(&unlock), unsafe.Sizeof(unlock)); err != nil {
 		return fmt.Errorf("IOC_OPAL_LOCK_UNLOCK(RW) on %s: %w", dev, err)
@@ -288,18 +342,14 @@ func sedOpal(dev string, pattern []byte) error {
 	if !bytes.Equal(got, pattern) {
 		return fmt.Errorf("%s: data after unlock differs", dev)
 	}
-	guest.Reportf("%s: sed-opal unlock ok, data intact", dev)
+	t.g.Reportf("%s: sed-opal unlock ok, data intact", dev)
 	return nil
 }
 
-// dumpKernelLog echoes the kernel's nvme messages to the console.
-func dumpKernelLog() {
-	fd, err := unix.Open("/dev/kmsg", unix.O_RDONLY|unix.O_NONBLOCK, 0)
-	if err != nil {
-		guest.Reportf("kmsg: %v", err)
-		return
-	}
-	defer unix.Close(fd)
+// dumpKernelLog echoes the kernel's new nvme messages to the console,
+// each line starting with label.
+func (t *tester) dumpKernelLog(label string) {
+	fd := t.kmsg
 	buf := make([]byte, 8192)
 	for range 100000 {
 		n, err := unix.Read(fd, buf)
@@ -310,7 +360,7 @@ func dumpKernelLog() {
 		if i := strings.IndexByte(rec, ';'); i >= 0 {
 			msg := strings.TrimSpace(strings.SplitN(rec[i+1:], "\n", 2)[0])
 			if strings.Contains(msg, "nvme") || strings.Contains(msg, "opal") {
-				guest.Reportf("kmsg: %s", msg)
+				t.g.Reportf("%s: %s", label, msg)
 			}
 		}
 	}
