@@ -3,7 +3,9 @@
 // Object Group per array, the way the KMIP "Storage Array with
 // Self-Encrypting Drives" profile does, and fetches them at boot.
 //
-// It is built on github.com/ovh/kmip-go's kmipclient, with these choices:
+// It uses github.com/ovh/kmip-go for the KMIP messages, payloads and TTLV
+// encoding, with its own transport (see transport.go for why kmipclient
+// is not used), and these choices:
 //
 //   - Mutual TLS from PEM files (RSA or ECDSA), TLS 1.2 at least, the
 //     server's name or IP address checked against its certificate, only
@@ -13,11 +15,13 @@
 //     deadline and the whole by a total deadline, with a bounded number of
 //     rounds and exponential backoff between them; a Report says what each
 //     server did.
-//   - kmip-go re-sends a request after a dropped connection. A Conn never
-//     reconnects (the request's outcome is reported as unknown instead),
-//     and writes are idempotent: Register looks the name up first, so a
-//     retry after a lost answer finds the object instead of creating a
-//     twin.
+//   - kmip-go's kmipclient re-sends a request after a dropped connection.
+//     A Conn never reconnects (the request's outcome is reported as
+//     unknown instead), and writes are idempotent: Register looks the name
+//     up first, so a retry after a lost answer finds the object instead of
+//     creating a twin.
+//   - Every answer is checked as TTLV before kmip-go decodes it (its
+//     decoder panics on malformed input), and receive buffers are zeroed.
 //   - Keys are fetched with one batched Get of explicit unique identifiers
 //     per server (never the ID placeholder, which PyKMIP resolves to the
 //     wrong object), after one batched Locate for the names whose
@@ -31,15 +35,14 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/ovh/kmip-go"
-	"github.com/ovh/kmip-go/kmipclient"
+	"github.com/ovh/kmip-go/payloads"
 )
 
 // Client talks to an ordered list of KMIP servers. It is safe for
@@ -108,17 +111,6 @@ type ConnInfo struct {
 	State tls.ConnectionState `json:"-"`
 }
 
-// errNoReconnect stops kmip-go from silently reconnecting and re-sending a
-// request after the connection dropped.
-var errNoReconnect = errors.New("connection dropped; not reconnecting")
-
-// dialStage records how far a connection attempt got.
-type dialStage struct {
-	stage string
-	err   error
-	info  ConnInfo
-}
-
 // Connect opens a connection to srv (one attempt, bounded by ctx and the
 // attempt timeout) and negotiates the KMIP version.
 func (c *Client) Connect(ctx context.Context, srv Server) (*Conn, error) {
@@ -128,83 +120,84 @@ func (c *Client) Connect(ctx context.Context, srv Server) (*Conn, error) {
 }
 
 func (c *Client) connect(ctx context.Context, srv Server) (*Conn, error) {
-	var (
-		st   dialStage
-		used atomic.Bool
-	)
-	st.info.Server = srv
+	label := srv.Label()
+	info := ConnInfo{Server: srv}
 	tc := c.tls.Clone()
 	tc.ServerName = srv.ServerName
 	if tc.ServerName == "" {
 		host, _, _ := net.SplitHostPort(srv.Address)
 		tc.ServerName = host
 	}
-	dialer := func(ctx context.Context) (net.Conn, error) {
-		if used.Swap(true) {
-			return nil, errNoReconnect
-		}
-		st.stage = "tcp"
-		t0 := time.Now()
-		var d net.Dialer
-		raw, err := d.DialContext(ctx, "tcp", srv.Address)
-		if err != nil {
-			st.err = err
-			return nil, err
-		}
-		st.info.TCP = time.Since(t0)
-		st.info.RemoteAddr = raw.RemoteAddr().String()
-		st.stage = "tls"
-		t1 := time.Now()
-		conn := tls.Client(raw, tc)
-		if err := conn.HandshakeContext(ctx); err != nil {
-			_ = raw.Close()
-			st.err = err
-			return nil, err
-		}
-		st.info.TLS = time.Since(t1)
-		cs := conn.ConnectionState()
-		st.info.State = cs
-		st.info.TLSVersion = tls.VersionName(cs.Version)
-		st.info.CipherSuite = tls.CipherSuiteName(cs.CipherSuite)
-		st.info.Resumed = cs.DidResume
-		st.stage = "discover versions"
-		return conn, nil
-	}
-	opts := []kmipclient.Option{kmipclient.WithDialerUnsafe(dialer)}
-	if c.version != nil {
-		opts = append(opts, kmipclient.EnforceVersion(*c.version))
-	} else {
-		opts = append(opts, kmipclient.WithKmipVersions(kmip.V1_4, kmip.V1_3, kmip.V1_2, kmip.V1_1, kmip.V1_0))
-	}
-	t2 := time.Now()
-	kc, err := kmipclient.DialContext(ctx, srv.Address, opts...)
+	t0 := time.Now()
+	var d net.Dialer
+	raw, err := d.DialContext(ctx, "tcp", srv.Address)
 	if err != nil {
-		stage := st.stage
-		if stage == "" {
-			stage = "connect"
-		}
-		if stage == "discover versions" && !isTransportLevel(err) {
-			// The server answered, but not with a version we speak.
-			return nil, &Error{Server: srv.Label(), Op: stage, Err: fmt.Errorf("%w: %v", ErrNotSupported, err)}
-		}
-		return nil, transportError(srv.Label(), stage, err)
+		return nil, transportError(label, "tcp", err)
 	}
-	if c.version == nil {
-		st.info.Version = time.Since(t2) - st.info.TCP - st.info.TLS
+	info.TCP = time.Since(t0)
+	info.RemoteAddr = raw.RemoteAddr().String()
+	t1 := time.Now()
+	conn := tls.Client(raw, tc)
+	if err := conn.HandshakeContext(ctx); err != nil {
+		_ = raw.Close()
+		return nil, transportError(label, "tls", err)
 	}
-	st.info.KMIPVersion = kc.Version().String()
-	c.log.Debug("kms connected", "server", srv.Label(), "addr", st.info.RemoteAddr,
-		"tls", st.info.TLSVersion, "suite", st.info.CipherSuite, "resumed", st.info.Resumed, "kmip", st.info.KMIPVersion)
-	return &Conn{client: c, srv: srv, kc: kc, info: st.info}, nil
+	info.TLS = time.Since(t1)
+	cs := conn.ConnectionState()
+	info.State = cs
+	info.TLSVersion = tls.VersionName(cs.Version)
+	info.CipherSuite = tls.CipherSuiteName(cs.CipherSuite)
+	info.Resumed = cs.DidResume
+	t := &transport{conn: conn}
+	cn := &Conn{client: c, srv: srv, t: t}
+	if c.version != nil {
+		cn.version = *c.version
+	} else {
+		t2 := time.Now()
+		if cn.version, err = cn.negotiate(ctx); err != nil {
+			t.close()
+			return nil, err
+		}
+		info.Version = time.Since(t2)
+	}
+	info.KMIPVersion = cn.version.String()
+	cn.info = info
+	c.log.Debug("kms connected", "server", label, "addr", info.RemoteAddr,
+		"tls", info.TLSVersion, "suite", info.CipherSuite, "resumed", info.Resumed, "kmip", info.KMIPVersion)
+	return cn, nil
 }
 
-// isTransportLevel reports errors that come from the connection rather
-// than from a KMIP answer.
-func isTransportLevel(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrClosedPipe) ||
-		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) ||
-		errors.Is(err, errNoReconnect) || isRemoteTLSAlert(err)
+// versions this client speaks, preferred first.
+var versions = []kmip.ProtocolVersion{kmip.V1_4, kmip.V1_3, kmip.V1_2, kmip.V1_1, kmip.V1_0}
+
+// negotiate runs Discover Versions and picks the server's preferred
+// version among ours; a server that does not know the operation speaks
+// KMIP 1.0.
+func (s *Conn) negotiate(ctx context.Context) (kmip.ProtocolVersion, error) {
+	const op = "Discover Versions"
+	s.version = kmip.V1_1
+	items, err := s.roundtrip(ctx, op, "", &payloads.DiscoverVersionsRequestPayload{ProtocolVersion: versions})
+	if err != nil {
+		return kmip.ProtocolVersion{}, err
+	}
+	bi := &items[0]
+	if bi.ResultStatus != kmip.ResultStatusSuccess {
+		if bi.ResultReason == kmip.ResultReasonOperationNotSupported {
+			return kmip.V1_0, nil
+		}
+		return kmip.ProtocolVersion{}, resultError(s.srv.Label(), op, "", bi)
+	}
+	dv, ok := bi.ResponsePayload.(*payloads.DiscoverVersionsResponsePayload)
+	if !ok {
+		return kmip.ProtocolVersion{}, s.protoErr(op, "", bi.ResponsePayload)
+	}
+	for _, v := range dv.ProtocolVersion {
+		if slices.Contains(versions, v) {
+			return v, nil
+		}
+	}
+	return kmip.ProtocolVersion{}, &Error{Server: s.srv.Label(), Op: op,
+		Err: fmt.Errorf("%w: no common KMIP version (server offers %v; this client speaks 1.0 to 1.4)", ErrNotSupported, dv.ProtocolVersion)}
 }
 
 // ConnectFirst connects to the first server of the list that answers,
@@ -251,7 +244,8 @@ type Attempt struct {
 	CipherSuite string `json:"cipher_suite,omitempty"`
 	Resumed     bool   `json:"resumed,omitempty"`
 	KMIPVersion string `json:"kmip_version,omitempty"`
-	// Requests is the number of KMIP requests sent.
+	// Requests is the number of KMIP requests sent, Discover Versions
+	// included.
 	Requests int `json:"requests"`
 	// Fetched names the keys this server supplied.
 	Fetched []string `json:"fetched,omitempty"`

@@ -5,15 +5,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"slices"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/ovh/kmip-go"
-	"github.com/ovh/kmip-go/kmipclient"
 	"github.com/ovh/kmip-go/payloads"
 	"github.com/ovh/kmip-go/ttlv"
 
@@ -26,9 +24,10 @@ import (
 type Conn struct {
 	client   *Client
 	srv      Server
-	kc       *kmipclient.Client
+	t        *transport
+	version  kmip.ProtocolVersion
 	info     ConnInfo
-	requests int
+	requests atomic.Int64
 }
 
 // Info describes the connection.
@@ -38,28 +37,28 @@ func (s *Conn) Info() ConnInfo { return s.info }
 func (s *Conn) Server() Server { return s.srv }
 
 // Requests is the number of KMIP requests sent so far.
-func (s *Conn) Requests() int { return s.requests }
+func (s *Conn) Requests() int { return int(s.requests.Load()) }
 
 // Close closes the connection.
-func (s *Conn) Close() error { return s.kc.Close() }
+func (s *Conn) Close() error {
+	s.t.close()
+	return nil
+}
 
 // roundtrip sends payloads as one request (one batch item each) and
 // returns the batch items in request order. A failure of the whole
 // request (transport, or a server error answered for the message as a
 // whole) is returned as an *Error.
 func (s *Conn) roundtrip(ctx context.Context, op, key string, pls ...kmip.OperationPayload) ([]kmip.ResponseBatchItem, error) {
-	msg := kmip.NewRequestMessage(s.kc.Version(), pls...)
+	msg := kmip.NewRequestMessage(s.version, pls...)
 	if len(pls) > 1 {
 		msg.Header.BatchErrorContinuationOption = kmip.BatchErrorContinuationOptionContinue
 	}
-	s.requests++
+	s.requests.Add(1)
 	t0 := time.Now()
-	resp, err := s.kc.Roundtrip(ctx, &msg)
+	resp, err := s.t.roundtrip(ctx, &msg)
 	if err != nil {
-		if errors.Is(err, errNoReconnect) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrClosedPipe) || errors.Is(err, net.ErrClosed) {
-			return nil, &Error{Server: s.srv.Label(), Op: op, Key: key, Err: ErrConnectionLost}
-		}
-		return nil, transportError(s.srv.Label(), op, err)
+		return nil, exchangeError(s.srv.Label(), op, key, err)
 	}
 	s.client.log.Debug("kms request", "server", s.srv.Label(), "op", op, "items", len(pls), "latency", time.Since(t0))
 	items := resp.BatchItem
@@ -542,75 +541,193 @@ type SecretSpec struct {
 // lost answer does not create a second object). It fails with
 // ErrAmbiguous when the name is already taken more than once.
 func (s *Conn) Register(ctx context.Context, spec SecretSpec) (id string, created bool, err error) {
-	if spec.Name == "" {
-		return "", false, errors.New("kms: register: empty name")
-	}
-	if spec.Value == nil || spec.Value.Len() == 0 {
-		return "", false, fmt.Errorf("kms: register %q: empty value", spec.Name)
-	}
-	ids, err := s.Locate(ctx, spec.Name, spec.Group)
+	out, err := s.RegisterAll(ctx, []SecretSpec{spec})
 	if err != nil {
 		return "", false, err
 	}
-	switch len(ids) {
-	case 0:
-	case 1:
-		if spec.Activate {
-			if err := s.activateIfPreActive(ctx, ids[0]); err != nil {
-				return ids[0], false, err
-			}
-		}
-		return ids[0], false, nil
-	default:
-		return "", false, &Error{Server: s.srv.Label(), Op: "Register", Key: spec.Name,
-			Err: fmt.Errorf("%w: identifiers %s", ErrAmbiguous, strings.Join(ids, ", "))}
+	return out[0].ID, out[0].Created, out[0].Err
+}
+
+// Registered is the outcome of registering one secret.
+type Registered struct {
+	// ID is the object's unique identifier (set when it exists, even if
+	// activating it failed).
+	ID string
+	// Created is false when the name already existed.
+	Created bool
+	// Err is why this secret failed.
+	Err error
+}
+
+// RegisterAll registers several secrets in at most four requests: one
+// batched Locate of every name (an existing name is not registered
+// again), one batched Register of the missing ones (again with another
+// metadata form for those the server refused), and one batched Activate
+// (after a batched Get Attributes of the State of those that already
+// existed). The error is set only when a request failed as a whole; then
+// the outcome of the secrets not yet reported is unknown, and calling
+// RegisterAll again is safe.
+func (s *Conn) RegisterAll(ctx context.Context, specs []SecretSpec) ([]Registered, error) {
+	if len(specs) == 0 {
+		return nil, nil
 	}
-	modes := s.client.metadataModes(s.srv, len(spec.Metadata) > 0)
-	var lastErr error
-	for i, mode := range modes {
-		id, err = s.register(ctx, spec, mode)
-		if err == nil {
-			s.client.rememberMetadataMode(s.srv, mode)
+	if len(specs) > MaxBatch {
+		return nil, fmt.Errorf("kms: register: %d secrets exceeds %d per request", len(specs), MaxBatch)
+	}
+	names := make([]string, len(specs))
+	seen := map[string]bool{}
+	hasMeta := false
+	for i, sp := range specs {
+		switch {
+		case sp.Name == "":
+			return nil, fmt.Errorf("kms: register: secret %d: empty name", i)
+		case sp.Value == nil || sp.Value.Len() == 0:
+			return nil, fmt.Errorf("kms: register %q: empty value", sp.Name)
+		case seen[sp.Name]:
+			return nil, fmt.Errorf("kms: register: %q given twice", sp.Name)
+		}
+		seen[sp.Name] = true
+		names[i] = sp.Name
+		hasMeta = hasMeta || len(sp.Metadata) > 0
+	}
+	out := make([]Registered, len(specs))
+	label := s.srv.Label()
+
+	// 1. Which names exist already?
+	pls := make([]kmip.OperationPayload, len(specs))
+	for i, sp := range specs {
+		pls[i] = locatePayload(sp.Name, sp.Group)
+	}
+	items, err := s.roundtrip(ctx, "Locate", keyList(names), pls...)
+	if err != nil {
+		return nil, err
+	}
+	var create, existing []int
+	for i := range items {
+		if items[i].ResultStatus != kmip.ResultStatusSuccess {
+			out[i].Err = resultError(label, "Locate", names[i], &items[i])
+			continue
+		}
+		l, ok := items[i].ResponsePayload.(*payloads.LocateResponsePayload)
+		switch {
+		case !ok:
+			out[i].Err = s.protoErr("Locate", names[i], items[i].ResponsePayload)
+		case len(l.UniqueIdentifier) == 0:
+			create = append(create, i)
+		case len(l.UniqueIdentifier) == 1:
+			out[i].ID = l.UniqueIdentifier[0]
+			existing = append(existing, i)
+		default:
+			out[i].Err = &Error{Server: label, Op: "Register", Key: names[i],
+				Err: fmt.Errorf("%w: identifiers %s", ErrAmbiguous, strings.Join(l.UniqueIdentifier, ", "))}
+		}
+	}
+
+	// 2. Register the missing ones, falling back to the next metadata
+	// form for those refused (a refused request created nothing).
+	modes := s.client.metadataModes(s.srv, hasMeta)
+	var activate []int
+	for mi, mode := range modes {
+		if len(create) == 0 {
 			break
 		}
-		lastErr = err
-		// Only a refusal of the request may be retried in another form:
-		// then nothing was created.
-		if i == len(modes)-1 || !(errors.Is(err, ErrRejected) || errors.Is(err, ErrNotSupported)) {
-			return "", false, err
+		pls = pls[:0]
+		for _, i := range create {
+			pls = append(pls, registerPayload(specs[i], mode))
 		}
-		s.client.log.Debug("kms register: metadata form refused; trying the next", "server", s.srv.Label(), "mode", string(mode), "error", err)
+		items, err := s.roundtrip(ctx, "Register", keyList(namesAt(names, create)), pls...)
+		if err != nil {
+			return out, err
+		}
+		var retry []int
+		for j, i := range create {
+			bi := &items[j]
+			if bi.ResultStatus == kmip.ResultStatusSuccess {
+				r, ok := bi.ResponsePayload.(*payloads.RegisterResponsePayload)
+				if !ok || r.UniqueIdentifier == "" {
+					out[i].Err = s.protoErr("Register", names[i], bi.ResponsePayload)
+					continue
+				}
+				out[i].ID, out[i].Created = r.UniqueIdentifier, true
+				if len(specs[i].Metadata) > 0 {
+					s.client.rememberMetadataMode(s.srv, mode)
+				}
+				if specs[i].Activate {
+					activate = append(activate, i)
+				}
+				continue
+			}
+			e := resultError(label, "Register", names[i], bi)
+			if mi < len(modes)-1 && len(specs[i].Metadata) > 0 && (errors.Is(e, ErrRejected) || errors.Is(e, ErrNotSupported)) {
+				s.client.log.Debug("kms register: metadata form refused; trying the next", "server", label, "mode", string(mode), "error", e)
+				retry = append(retry, i)
+				continue
+			}
+			out[i].Err = e
+		}
+		create = retry
 	}
-	if id == "" {
-		return "", false, lastErr
-	}
-	if spec.Activate {
-		if err := s.Activate(ctx, id); err != nil {
-			return id, true, err
+
+	// 3. Activate: the new ones, and the existing ones still Pre-Active.
+	var check []int
+	for _, i := range existing {
+		if specs[i].Activate {
+			check = append(check, i)
 		}
 	}
-	return id, true, nil
+	if len(check) > 0 {
+		pls = pls[:0]
+		for _, i := range check {
+			pls = append(pls, &payloads.GetAttributesRequestPayload{UniqueIdentifier: out[i].ID, AttributeName: []kmip.AttributeName{kmip.AttributeNameState}})
+		}
+		items, err := s.roundtrip(ctx, "Get Attributes", keyList(namesAt(names, check)), pls...)
+		if err != nil {
+			return out, err
+		}
+		for j, i := range check {
+			if items[j].ResultStatus != kmip.ResultStatusSuccess {
+				out[i].Err = resultError(label, "Get Attributes", names[i], &items[j])
+				continue
+			}
+			if ga, ok := items[j].ResponsePayload.(*payloads.GetAttributesResponsePayload); ok && parseAttributes(out[i].ID, ga.Attribute).State == StatePreActive {
+				activate = append(activate, i)
+			}
+		}
+	}
+	if len(activate) > 0 {
+		pls = pls[:0]
+		for _, i := range activate {
+			pls = append(pls, &payloads.ActivateRequestPayload{UniqueIdentifier: out[i].ID})
+		}
+		items, err := s.roundtrip(ctx, "Activate", keyList(namesAt(names, activate)), pls...)
+		if err != nil {
+			return out, err
+		}
+		for j, i := range activate {
+			if items[j].ResultStatus != kmip.ResultStatusSuccess {
+				out[i].Err = resultError(label, "Activate", names[i], &items[j])
+			}
+		}
+	}
+	return out, nil
 }
 
-func (s *Conn) activateIfPreActive(ctx context.Context, id string) error {
-	a, err := s.GetAttributes(ctx, id, string(kmip.AttributeNameState))
-	if err != nil {
-		return err
+func namesAt(names []string, idx []int) []string {
+	out := make([]string, len(idx))
+	for j, i := range idx {
+		out[j] = names[i]
 	}
-	if a.State == StatePreActive {
-		return s.Activate(ctx, id)
-	}
-	return nil
+	return out
 }
 
-func (s *Conn) register(ctx context.Context, spec SecretSpec, mode MetadataMode) (string, error) {
+func registerPayload(spec SecretSpec, mode MetadataMode) *payloads.RegisterRequestPayload {
 	value := spec.Value.Bytes()
 	attrs := []kmip.Attribute{nameAttr(spec.Name)}
 	if spec.Group != "" {
 		attrs = append(attrs, kmip.Attribute{AttributeName: kmip.AttributeNameObjectGroup, AttributeValue: spec.Group})
 	}
 	attrs = append(attrs, encodeMetadata(spec.Metadata, mode)...)
-	req := &payloads.RegisterRequestPayload{
+	return &payloads.RegisterRequestPayload{
 		ObjectType:        kmip.ObjectTypeSecretData,
 		TemplateAttribute: kmip.TemplateAttribute{Attribute: attrs},
 		Object: &kmip.SecretData{
@@ -621,15 +738,6 @@ func (s *Conn) register(ctx context.Context, spec SecretSpec, mode MetadataMode)
 			},
 		},
 	}
-	pl, err := s.do(ctx, "Register", spec.Name, req)
-	if err != nil {
-		return "", err
-	}
-	r, ok := pl.(*payloads.RegisterResponsePayload)
-	if !ok || r.UniqueIdentifier == "" {
-		return "", s.protoErr("Register", spec.Name, pl)
-	}
-	return r.UniqueIdentifier, nil
 }
 
 // MetadataNamespace is the Application Specific Information namespace and

@@ -3,6 +3,13 @@
 // TLS with github.com/ovh/kmip-go's kmipserver and keeps objects in a bbolt
 // database, their key material sealed under a master key.
 //
+// kmip-go's kmipserver.BatchExecutor routes the operations; the
+// connection loop is kmsd's own (kmipserver.Server v0.8.1 decodes
+// messages without checking them and without recovering, so one malformed
+// message would take the whole server down): every message is checked by
+// kmipwire before decoding, panics are contained per connection, and the
+// buffers that held key material are zeroed after each exchange.
+//
 // It stores Secret Data only and implements Query, Discover Versions,
 // Register, Locate, Get, Get Attributes, Get Attribute List, Activate,
 // Revoke, Destroy, Add/Modify/Delete Attribute, with the KMIP life cycle
@@ -33,6 +40,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"sync"
@@ -41,7 +49,8 @@ import (
 	"github.com/ovh/kmip-go"
 	"github.com/ovh/kmip-go/kmipserver"
 	"github.com/ovh/kmip-go/payloads"
-	"github.com/ovh/kmip-go/ttlv"
+
+	"github.com/sedboot/sedboot/internal/kms/kmipwire"
 )
 
 // Options configures a Server.
@@ -64,6 +73,8 @@ type Options struct {
 	// IdleTimeout closes a connection without requests for that long
 	// (default 5m).
 	HandshakeTimeout, IdleTimeout time.Duration
+	// MaxMessage is the largest request accepted (default 1 MiB).
+	MaxMessage int
 }
 
 // Server is a KMIP server.
@@ -74,10 +85,15 @@ type Server struct {
 	exec  *kmipserver.BatchExecutor
 	audit *slog.Logger
 
+	ctx    context.Context // canceled by Shutdown
+	cancel context.CancelFunc
+
 	mu      sync.Mutex
-	ks      *kmipserver.Server
-	ln      *tlsListener
+	ln      net.Listener
+	conns   map[net.Conn]struct{}
+	serving bool
 	stopped bool
+	wg      sync.WaitGroup
 }
 
 // New opens the database and prepares the server.
@@ -106,62 +122,120 @@ func New(opts Options) (*Server, error) {
 	if opts.IdleTimeout <= 0 {
 		opts.IdleTimeout = 5 * time.Minute
 	}
+	if opts.MaxMessage <= 0 {
+		opts.MaxMessage = kmipwire.DefaultMaxMessage
+	}
 	key := append([]byte(nil), opts.MasterKey...)
 	st, err := openStore(opts.DBPath, key)
 	clear(key)
 	if err != nil {
 		return nil, fmt.Errorf("kmsserver: %w", err)
 	}
-	s := &Server{opts: opts, st: st, audit: opts.Audit}
+	s := &Server{opts: opts, st: st, audit: opts.Audit, conns: map[net.Conn]struct{}{}}
 	if s.audit == nil {
 		s.audit = slog.New(slog.DiscardHandler)
 	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.h = &handler{st: st, policy: opts.Policy, now: time.Now}
 	s.exec = kmipserver.NewBatchExecutor()
 	s.h.route(s.exec)
-	s.exec.Use(s.wipeMiddleware)
 	s.exec.BatchItemUse(s.auditMiddleware)
 	return s, nil
 }
 
 // Serve accepts connections on l (a plain TCP listener: the server does
-// TLS itself) until Shutdown. It returns nil after Shutdown.
+// TLS itself) until Shutdown, and then returns nil.
 func (s *Server) Serve(l net.Listener) error {
 	s.mu.Lock()
-	if s.stopped {
+	switch {
+	case s.stopped:
 		s.mu.Unlock()
 		return errors.New("kmsserver: server was shut down")
-	}
-	if s.ks != nil {
+	case s.serving:
 		s.mu.Unlock()
 		return errors.New("kmsserver: already serving")
 	}
-	s.ln = newTLSListener(l, s.opts.TLS, s.opts.HandshakeTimeout, s.opts.IdleTimeout, s.audit)
-	s.ks = kmipserver.NewServer(s.ln, s).
-		WithConnectHook(s.onConnect).
-		WithTerminateHook(s.onTerminate)
-	ks := s.ks
+	s.serving, s.ln = true, l
 	s.mu.Unlock()
 	s.audit.Info("serving", "event", "start", "addr", l.Addr().String())
-	err := ks.Serve()
-	if errors.Is(err, kmipserver.ErrShutdown) {
-		return nil
+	for {
+		raw, err := l.Accept()
+		if err != nil {
+			if s.ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return fmt.Errorf("kmsserver: accept: %w", err)
+		}
+		if !s.track(raw) {
+			_ = raw.Close()
+			return nil
+		}
+		go s.serveConn(raw)
 	}
-	return err
 }
 
-// Shutdown stops accepting connections, lets requests in progress finish
-// (kmip-go cancels them after 3 seconds) and closes the database.
-func (s *Server) Shutdown() error {
+// track registers a connection; false once shutting down.
+func (s *Server) track(c net.Conn) bool {
 	s.mu.Lock()
-	s.stopped = true
-	ks := s.ks
+	defer s.mu.Unlock()
+	if s.stopped {
+		return false
+	}
+	s.conns[c] = struct{}{}
+	s.wg.Add(1)
+	return true
+}
+
+func (s *Server) untrack(c net.Conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
 	s.mu.Unlock()
+	s.wg.Done()
+}
+
+// Shutdown stops accepting connections, lets each connection finish the
+// request it is processing (waiting at most timeout; 5s when zero), closes
+// them and the database.
+func (s *Server) Shutdown(timeout time.Duration) error {
+	if timeout <= 0 {
+		timeout = 5 * time.Second
+	}
+	s.mu.Lock()
+	already := s.stopped
+	s.stopped = true
+	ln := s.ln
+	// Wake connections waiting for a request; one in the middle of a
+	// request finishes it first (its write has no deadline).
+	for c := range s.conns {
+		_ = c.SetReadDeadline(time.Now())
+	}
+	s.mu.Unlock()
+	if already {
+		return nil
+	}
+	s.cancel()
 	var errs []error
-	if ks != nil {
-		if err := ks.Shutdown(); err != nil && !errors.Is(err, net.ErrClosed) {
+	if ln != nil {
+		if err := ln.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
 			errs = append(errs, err)
 		}
+	}
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		s.mu.Lock()
+		for c := range s.conns {
+			_ = c.Close()
+		}
+		s.mu.Unlock()
+		<-done
+		errs = append(errs, fmt.Errorf("kmsserver: connections still busy after %s were closed", timeout))
 	}
 	if err := s.st.close(); err != nil {
 		errs = append(errs, err)
@@ -170,255 +244,131 @@ func (s *Server) Shutdown() error {
 	return errors.Join(errs...)
 }
 
-// HandleRequest implements kmipserver.RequestHandler.
-func (s *Server) HandleRequest(ctx context.Context, req *kmip.RequestMessage) *kmip.ResponseMessage {
-	return s.exec.HandleRequest(ctx, req)
-}
-
-// HandleAs processes one request as if it came from identity over an
-// authenticated connection, for tests and fuzzing. It returns a decoded
-// copy of the response; the server's own copy of any key material is
-// zeroed before it returns.
-func (s *Server) HandleAs(ctx context.Context, identity string, req *kmip.RequestMessage) *kmip.ResponseMessage {
-	c := &caller{identity: identity, remote: "in-process"}
-	defer c.wipeAll()
-	resp := s.exec.HandleRequest(withCaller(ctx, c), req)
-	out := new(kmip.ResponseMessage)
-	if err := ttlv.UnmarshalTTLV(ttlv.MarshalTTLV(resp), out); err != nil {
-		return resp
-	}
-	return out
-}
-
-func (s *Server) onConnect(ctx context.Context) (context.Context, error) {
-	certs := kmipserver.PeerCertificates(ctx)
-	remote := kmipserver.RemoteAddr(ctx)
-	if len(certs) == 0 || certs[0].Subject.CommonName == "" {
-		s.audit.Warn("connection refused", "event", "connect", "remote", remote, "error", "no client certificate common name")
-		return ctx, errors.New("client certificate has no common name")
-	}
-	c := &caller{identity: certs[0].Subject.CommonName, remote: remote}
-	s.audit.Info("connection", "event", "connect", "remote", remote, "identity", c.identity)
-	return withCaller(ctx, c), nil
-}
-
-func (s *Server) onTerminate(ctx context.Context) {
-	if c := callerOf(ctx); c != nil {
-		c.wipeAll()
-		s.audit.Info("disconnection", "event", "disconnect", "remote", c.remote, "identity", c.identity)
-	}
-}
-
-// wipeMiddleware zeroes the key material of the previous response on the
-// connection: by the time the next request arrives it has been sent.
-func (s *Server) wipeMiddleware(next kmipserver.Next, ctx context.Context, msg *kmip.RequestMessage) (*kmip.ResponseMessage, error) {
-	if c := callerOf(ctx); c != nil {
-		c.wipeAll()
-	}
-	return next(ctx, msg)
-}
-
-// auditMiddleware records each batch item. Only identifiers, names and
-// results are logged, never a value.
-func (s *Server) auditMiddleware(next kmipserver.BatchItemNext, ctx context.Context, bi *kmip.RequestBatchItem) (*kmip.ResponseBatchItem, error) {
-	t0 := time.Now()
-	resp, err := next(ctx, bi)
-	attrs := []any{"event", "kmip", "op", ttlv.EnumStr(bi.Operation), "duration_ms", time.Since(t0).Milliseconds()}
-	if c := callerOf(ctx); c != nil {
-		attrs = append(attrs, "identity", c.identity, "remote", c.remote)
-	}
-	attrs = append(attrs, describeRequest(bi.RequestPayload)...)
-	if resp != nil && resp.ResponsePayload != nil {
-		attrs = append(attrs, describeResponse(resp.ResponsePayload)...)
-	}
-	level := slog.LevelInfo
+// serveConn runs one client connection: TLS handshake, then requests one
+// at a time until the client leaves, idles out, sends something malformed
+// or the server shuts down.
+func (s *Server) serveConn(raw net.Conn) {
+	defer s.untrack(raw)
+	defer raw.Close()
+	remote := raw.RemoteAddr().String()
+	tc := tls.Server(raw, s.opts.TLS)
+	hctx, cancel := context.WithTimeout(s.ctx, s.opts.HandshakeTimeout)
+	err := tc.HandshakeContext(hctx)
+	cancel()
 	if err != nil {
-		level = slog.LevelWarn
-		reason := kmip.ResultReasonGeneralFailure
-		var ke kmipserver.Error
-		if errors.As(err, &ke) {
-			reason = ke.Reason
-		}
-		attrs = append(attrs, "result", "failure", "reason", ttlv.EnumStr(reason), "message", err.Error())
-	} else {
-		attrs = append(attrs, "result", "success")
-	}
-	s.audit.Log(ctx, level, "request", attrs...)
-	return resp, err
-}
-
-func describeRequest(pl kmip.OperationPayload) []any {
-	switch p := pl.(type) {
-	case *payloads.GetRequestPayload:
-		return []any{"id", p.UniqueIdentifier}
-	case *payloads.GetAttributesRequestPayload:
-		return []any{"id", p.UniqueIdentifier}
-	case *payloads.GetAttributeListRequestPayload:
-		return []any{"id", p.UniqueIdentifier}
-	case *payloads.ActivateRequestPayload:
-		return []any{"id", p.UniqueIdentifier}
-	case *payloads.RevokeRequestPayload:
-		return []any{"id", p.UniqueIdentifier, "revocation_reason", ttlv.EnumStr(p.RevocationReason.RevocationReasonCode)}
-	case *payloads.DestroyRequestPayload:
-		return []any{"id", p.UniqueIdentifier}
-	case *payloads.AddAttributeRequestPayload:
-		return []any{"id", p.UniqueIdentifier, "attribute", string(p.Attribute.AttributeName)}
-	case *payloads.ModifyAttributeRequestPayload:
-		return []any{"id", p.UniqueIdentifier, "attribute", string(p.Attribute.AttributeName)}
-	case *payloads.DeleteAttributeRequestPayload:
-		return []any{"id", p.UniqueIdentifier, "attribute", string(p.AttributeName)}
-	case *payloads.RegisterRequestPayload:
-		return []any{"object_type", ttlv.EnumStr(p.ObjectType), "names", templateNames(p.TemplateAttribute)}
-	case *payloads.LocateRequestPayload:
-		return []any{"names", attrNames(p.Attribute), "groups", attrGroups(p.Attribute)}
-	}
-	return nil
-}
-
-func describeResponse(pl kmip.OperationPayload) []any {
-	switch p := pl.(type) {
-	case *payloads.RegisterResponsePayload:
-		return []any{"id", p.UniqueIdentifier}
-	case *payloads.LocateResponsePayload:
-		return []any{"found", len(p.UniqueIdentifier)}
-	}
-	return nil
-}
-
-func templateNames(t kmip.TemplateAttribute) []string {
-	var out []string
-	//lint:ignore SA1019 KMIP 1.0 to 1.2 clients send names here.
-	for _, n := range t.Name {
-		out = append(out, n.NameValue)
-	}
-	return append(out, attrNames(t.Attribute)...)
-}
-
-func attrNames(as []kmip.Attribute) []string {
-	var out []string
-	for _, a := range as {
-		if n, ok := a.AttributeValue.(kmip.Name); ok && a.AttributeName == kmip.AttributeNameName {
-			out = append(out, n.NameValue)
-		}
-	}
-	return out
-}
-
-func attrGroups(as []kmip.Attribute) []string {
-	var out []string
-	for _, a := range as {
-		if g, ok := a.AttributeValue.(string); ok && a.AttributeName == kmip.AttributeNameObjectGroup {
-			out = append(out, g)
-		}
-	}
-	return out
-}
-
-// tlsListener accepts TCP connections and completes their TLS handshakes
-// concurrently, each bounded in time, so a client that connects and says
-// nothing neither blocks others nor holds a goroutine forever. It hands
-// kmip-go *tls.Conn values whose underlying reads time out after the
-// idle timeout.
-type tlsListener struct {
-	inner   net.Listener
-	cfg     *tls.Config
-	hs      time.Duration
-	idle    time.Duration
-	audit   *slog.Logger
-	conns   chan net.Conn
-	done    chan struct{}
-	once    sync.Once
-	wg      sync.WaitGroup
-	errOnce sync.Once
-	err     error
-}
-
-func newTLSListener(l net.Listener, cfg *tls.Config, hs, idle time.Duration, audit *slog.Logger) *tlsListener {
-	tl := &tlsListener{inner: l, cfg: cfg, hs: hs, idle: idle, audit: audit,
-		conns: make(chan net.Conn), done: make(chan struct{})}
-	tl.wg.Add(1)
-	go tl.acceptLoop()
-	return tl
-}
-
-func (l *tlsListener) acceptLoop() {
-	defer l.wg.Done()
-	for {
-		raw, err := l.inner.Accept()
-		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
-			l.errOnce.Do(func() { l.err = err })
-			l.Close()
-			return
-		}
-		l.wg.Add(1)
-		go l.handshake(raw)
-	}
-}
-
-func (l *tlsListener) handshake(raw net.Conn) {
-	defer l.wg.Done()
-	ctx, cancel := context.WithTimeout(context.Background(), l.hs)
-	defer cancel()
-	go func() {
-		select {
-		case <-l.done:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
-	tc := tls.Server(&idleConn{Conn: raw, idle: l.idle}, l.cfg)
-	if err := tc.HandshakeContext(ctx); err != nil {
-		l.audit.Warn("TLS handshake failed", "event", "tls", "remote", raw.RemoteAddr().String(), "error", err.Error())
-		_ = raw.Close()
+		s.audit.Warn("TLS handshake failed", "event", "tls", "remote", remote, "error", err.Error())
 		return
 	}
-	select {
-	case l.conns <- tc:
-	case <-l.done:
-		_ = tc.Close()
+	cs := tc.ConnectionState()
+	if len(cs.PeerCertificates) == 0 || cs.PeerCertificates[0].Subject.CommonName == "" {
+		s.audit.Warn("connection refused", "event", "connect", "remote", remote, "error", "client certificate has no common name")
+		return
 	}
-}
-
-// Accept returns the next connection that completed its handshake.
-func (l *tlsListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.conns:
-		return c, nil
-	case <-l.done:
-		if l.err != nil {
-			return nil, l.err
+	c := &caller{identity: cs.PeerCertificates[0].Subject.CommonName, remote: remote}
+	s.audit.Info("connection", "event", "connect", "remote", remote, "identity", c.identity,
+		"tls", tls.VersionName(cs.Version), "suite", tls.CipherSuiteName(cs.CipherSuite), "resumed", cs.DidResume)
+	defer func() {
+		c.wipeAll()
+		s.audit.Info("disconnection", "event", "disconnect", "remote", remote, "identity", c.identity)
+	}()
+	ctx := withCaller(s.ctx, c)
+	var buf []byte
+	defer func() { clear(buf[:cap(buf)]) }()
+	for s.ctx.Err() == nil {
+		_ = raw.SetReadDeadline(time.Now().Add(s.opts.IdleTimeout))
+		buf, err = kmipwire.ReadMessage(tc, kmip.TagRequestMessage, s.opts.MaxMessage, buf)
+		if err != nil {
+			if errors.Is(err, kmipwire.ErrMalformed) {
+				s.audit.Warn("malformed request", "event", "kmip", "remote", remote, "identity", c.identity, "error", err.Error())
+				s.reply(tc, raw, messageError(nil, kmip.ResultReasonInvalidMessage, err.Error()))
+			} else if !errors.Is(err, io.EOF) && s.ctx.Err() == nil {
+				s.audit.Info("connection ended", "event", "disconnect", "remote", remote, "identity", c.identity, "error", err.Error())
+			}
+			return
 		}
-		return nil, net.ErrClosed
+		_ = raw.SetReadDeadline(time.Time{})
+		resp, fatal := s.handleMessage(ctx, buf)
+		clear(buf)
+		if !s.reply(tc, raw, resp) || fatal {
+			return
+		}
+		c.wipeAll()
 	}
 }
 
-// Close stops accepting; handshakes in progress are abandoned.
-func (l *tlsListener) Close() error {
-	var err error
-	l.once.Do(func() {
-		close(l.done)
-		err = l.inner.Close()
-	})
-	return err
-}
-
-// Addr is the listening address.
-func (l *tlsListener) Addr() net.Addr { return l.inner.Addr() }
-
-// idleConn sets a read deadline before every read, so a connection idle
-// for longer than idle fails its pending read and is closed.
-type idleConn struct {
-	net.Conn
-	idle time.Duration
-}
-
-func (c *idleConn) Read(p []byte) (int, error) {
-	if c.idle > 0 {
-		_ = c.Conn.SetReadDeadline(time.Now().Add(c.idle))
+// reply encodes and writes a response, zeroing the encoded copy.
+func (s *Server) reply(tc *tls.Conn, raw net.Conn, resp *kmip.ResponseMessage) bool {
+	out, err := kmipwire.Encode(resp)
+	if err != nil {
+		s.audit.Error("response encoding failed", "event", "kmip", "error", err.Error())
+		out, err = kmipwire.Encode(messageError(nil, kmip.ResultReasonGeneralFailure, "response encoding failed"))
+		if err != nil {
+			return false
+		}
 	}
-	return c.Conn.Read(p)
+	defer clear(out)
+	_ = raw.SetWriteDeadline(time.Now().Add(s.opts.IdleTimeout))
+	_, err = tc.Write(out)
+	_ = raw.SetWriteDeadline(time.Time{})
+	return err == nil
+}
+
+// handleMessage checks, decodes and executes one request message. fatal
+// reports a message so broken that the connection should end after the
+// error response.
+func (s *Server) handleMessage(ctx context.Context, msg []byte) (resp *kmip.ResponseMessage, fatal bool) {
+	req, err := kmipwire.DecodeRequest(msg)
+	if err != nil {
+		return messageError(nil, kmip.ResultReasonInvalidMessage, err.Error()), true
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			s.audit.Error("request handler panicked", "event", "kmip", "panic", fmt.Sprint(r))
+			resp, fatal = messageError(req, kmip.ResultReasonGeneralFailure, "internal server error"), true
+		}
+	}()
+	defer wipeRequest(req)
+	return s.exec.HandleRequest(ctx, req), false
+}
+
+// wipeRequest zeroes the key material a decoded Register carried.
+func wipeRequest(req *kmip.RequestMessage) {
+	for _, bi := range req.BatchItem {
+		r, ok := bi.RequestPayload.(*payloads.RegisterRequestPayload)
+		if !ok {
+			continue
+		}
+		if sd, ok := r.Object.(*kmip.SecretData); ok {
+			if kv := sd.KeyBlock.KeyValue; kv != nil && kv.Plain != nil && kv.Plain.KeyMaterial.Bytes != nil {
+				clear(*kv.Plain.KeyMaterial.Bytes)
+			}
+		}
+	}
+}
+
+// messageError is a response failing the message as a whole.
+func messageError(req *kmip.RequestMessage, reason kmip.ResultReason, msg string) *kmip.ResponseMessage {
+	hdr := kmip.ResponseHeader{ProtocolVersion: kmip.V1_0, TimeStamp: time.Now().Truncate(time.Second), BatchCount: 1}
+	if req != nil && req.Header.ProtocolVersion != (kmip.ProtocolVersion{}) {
+		hdr.ProtocolVersion = req.Header.ProtocolVersion
+		hdr.ClientCorrelationValue = req.Header.ClientCorrelationValue
+	}
+	return &kmip.ResponseMessage{Header: hdr, BatchItem: []kmip.ResponseBatchItem{{
+		ResultStatus: kmip.ResultStatusOperationFailed, ResultReason: reason, ResultMessage: msg,
+	}}}
+}
+
+// HandleAs processes one encoded request message as if it came from
+// identity over an authenticated connection, for tests and fuzzing, and
+// returns the encoded response. Key material the server handed out is
+// zeroed before it returns (the encoded copy excepted).
+func (s *Server) HandleAs(ctx context.Context, identity string, msg []byte) []byte {
+	c := &caller{identity: identity, remote: "in-process"}
+	defer c.wipeAll()
+	resp, _ := s.handleMessage(withCaller(ctx, c), msg)
+	out, err := kmipwire.Encode(resp)
+	if err != nil {
+		out, _ = kmipwire.Encode(messageError(nil, kmip.ResultReasonGeneralFailure, "response encoding failed"))
+	}
+	return out
 }

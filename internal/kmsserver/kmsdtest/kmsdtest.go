@@ -88,7 +88,7 @@ func Start(t testing.TB, opts Options) *Server {
 	s := &Server{Addr: l.Addr().String(), Dir: dir, CA: ca, CAFile: caFile, Server: srv, done: make(chan error, 1)}
 	go func() { s.done <- srv.Serve(l) }()
 	t.Cleanup(func() {
-		if err := srv.Shutdown(); err != nil {
+		if err := srv.Shutdown(5 * time.Second); err != nil {
 			t.Errorf("kmsd shutdown: %v", err)
 		}
 		select {
