@@ -195,7 +195,6 @@ type proxy struct {
 	dropped  int
 	conns    []net.Conn
 	wg       sync.WaitGroup
-	closeErr error
 }
 
 func newProxy(t testing.TB, target string, rtt time.Duration) *proxy {

@@ -504,4 +504,3 @@ func TestNoKeyMaterialInErrorsOrReports(t *testing.T) {
 		t.Error("secrets marshal to JSON")
 	}
 }
-
