@@ -189,12 +189,12 @@ type proxy struct {
 	target string
 	delay  time.Duration
 
-	mu       sync.Mutex
-	armed    bool // drop the connection at the next server answer after skip ones
-	skip     int
-	dropped  int
-	conns    []net.Conn
-	wg       sync.WaitGroup
+	mu      sync.Mutex
+	armed   bool // drop the connection at the next server answer after skip ones
+	skip    int
+	dropped int
+	conns   []net.Conn
+	wg      sync.WaitGroup
 }
 
 func newProxy(t testing.TB, target string, rtt time.Duration) *proxy {
