@@ -43,7 +43,7 @@ type Step struct {
 	Name     string        `json:"name"`
 	Started  time.Time     `json:"started"`
 	Duration time.Duration `json:"duration_ns"`
-	// Result is "ok" or "failed".
+	// Result is "ok", "skipped" or "failed".
 	Result string `json:"result"`
 	Error  string `json:"error,omitempty"`
 }

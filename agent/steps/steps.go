@@ -22,6 +22,10 @@ type Step struct {
 	Name string
 	// Deadline bounds the step; zero means only the parent context.
 	Deadline time.Duration
+	// DeadlineFunc, when set, is called just before the step runs and
+	// replaces Deadline: for deadlines that come from a configuration an
+	// earlier step reads.
+	DeadlineFunc func() time.Duration
 	// Run does the work; it must return when ctx ends.
 	Run func(ctx context.Context) error
 }
@@ -56,6 +60,15 @@ type hinted struct {
 
 func (h *hinted) Error() string { return h.err.Error() }
 func (h *hinted) Unwrap() error { return h.err }
+
+type skipped struct{ reason string }
+
+func (s *skipped) Error() string { return "skipped: " + s.reason }
+
+// Skip is returned by a step's Run when the step has nothing to do in this
+// configuration; the runner reports it as skipped, with the reason, and
+// goes on.
+func Skip(reason string) error { return &skipped{reason: reason} }
 
 // WithHint attaches advice for the technician ("check that ...") to err.
 func WithHint(err error, hint string) error {
@@ -111,6 +124,16 @@ func (r *Runner) Run(ctx context.Context, steps []Step) error {
 		d := r.now().Sub(start)
 		label := fmt.Sprintf("[%d/%d] %-*s", i+1, len(steps), width, s.Name)
 		rec := bootrecord.Step{Name: s.Name, Started: start, Duration: d, Result: "ok"}
+		var sk *skipped
+		if errors.As(err, &sk) {
+			r.Printf("%s  skipped (%s)", label, sk.reason)
+			r.log().Info("boot step skipped", "step", s.Name, "reason", sk.reason)
+			if r.Record != nil {
+				rec.Result, rec.Error = "skipped", sk.reason
+				r.Record.AddStep(rec)
+			}
+			continue
+		}
 		if err == nil {
 			r.Printf("%s  ok (%s)", label, round(d))
 			r.log().Info("boot step done", "step", s.Name, "duration", d)
@@ -138,6 +161,9 @@ func (r *Runner) Run(ctx context.Context, steps []Step) error {
 func (r *Runner) runOne(ctx context.Context, s Step) (err error) {
 	if err := ctx.Err(); err != nil {
 		return WithHint(fmt.Errorf("boot deadline passed before this step: %w", err), "the total boot deadline (deadlines.total) is long enough for every step")
+	}
+	if s.DeadlineFunc != nil {
+		s.Deadline = s.DeadlineFunc()
 	}
 	sctx, cancel := ctx, context.CancelFunc(func() {})
 	if s.Deadline > 0 {

@@ -60,3 +60,24 @@ func TestTotalDeadlineAndPanic(t *testing.T) {
 		t.Fatalf("panic not turned into a failure: %v", err)
 	}
 }
+
+func TestSkipAndDeadlineFunc(t *testing.T) {
+	var out bytes.Buffer
+	rec := bootrecord.New(time.Now())
+	r := &Runner{Console: &out, Record: rec}
+	limit := time.Duration(0)
+	err := r.Run(context.Background(), []Step{
+		{Name: "network", Run: func(context.Context) error { limit = 30 * time.Millisecond; return Skip("no network configured") }},
+		{Name: "keys", DeadlineFunc: func() time.Duration { return limit },
+			Run: func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() }},
+	})
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "step deadline 30ms") {
+		t.Fatalf("got %v, want the deadline set by the earlier step", err)
+	}
+	if !strings.Contains(out.String(), "[1/2] network  skipped (no network configured)") {
+		t.Errorf("console:\n%s", out.String())
+	}
+	if len(rec.Steps) != 2 || rec.Steps[0].Result != "skipped" || rec.Steps[1].Result != "failed" {
+		t.Fatalf("record steps: %+v", rec.Steps)
+	}
+}
