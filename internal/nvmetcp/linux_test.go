@@ -24,7 +24,8 @@ var transportTrouble = regexp.MustCompile(`(?i)(digest|invalid|unexpected|mismat
 var afterCycle = regexp.MustCompile(`(?i)(starting error recovery|reconnect|Reconnecting|failed to connect socket|receive failed|failed to send|Removing ctrl|queue \d+: timeout|could not set timestamp|Successfully reconnected|Property Set error|reset)`)
 
 // TestLinuxHost boots Debian's 6.12 kernel in QEMU and lets its nvme-tcp
-// driver and sed-opal use two opalsim drives through the target: connect
+// driver and sed-opal use two opalsim drives through the target: discovery,
+// connect
 // (one with header and data digests), O_DIRECT I/O, TCG discovery and a
 // 1 MiB security receive through the admin passthrough, and sed-opal
 // ownership, activation, lock and unlock; then a power cycle through the
@@ -42,7 +43,7 @@ func TestLinuxHost(t *testing.T) {
 		KernelVersion: k.Version,
 	})
 
-	tg, err := nvmetcp.NewTarget(nil, nvmetcp.Options{})
+	tg, err := nvmetcp.NewTarget(nil, nvmetcp.Options{AdvertiseAddr: "10.0.2.100:4420"})
 	if err != nil {
 		t.Fatal(err)
 	}

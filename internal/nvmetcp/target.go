@@ -55,7 +55,10 @@ type Options struct {
 	MaxIOQueues int
 	// WorkersPerQueue is how many commands of one queue run at once. Default 4.
 	WorkersPerQueue int
-	// MaxConnections bounds the connections (queues) served at once. Default 256.
+	// MaxConnections bounds the connections (queues) served at once.
+	// Default 128. A connection holds at most QueueDepth in-capsule buffers
+	// (max(8 KiB, InCapsuleData) each) and WorkersPerQueue data buffers
+	// (MaxTransfer each): about 5 MiB with the defaults.
 	MaxConnections int
 	// AdvertiseAddr is the host:port written into discovery log entries.
 	// Default: the local address of the connection asking.
@@ -103,7 +106,7 @@ func (o *Options) withDefaults() (Options, error) {
 		return r, fmt.Errorf("nvmetcp options: WorkersPerQueue %d outside [1, 64]", r.WorkersPerQueue)
 	}
 	if r.MaxConnections == 0 {
-		r.MaxConnections = 256
+		r.MaxConnections = 128
 	}
 	if r.HandshakeTimeout == 0 {
 		r.HandshakeTimeout = 10 * time.Second

@@ -1,6 +1,6 @@
 // Command linuxhost is the /init of nvmetcp's Linux interop test: the
 // guest's own kernel (nvme-tcp, nvme-fabrics, sed-opal) is the NVMe/TCP
-// host. It connects to the subsystems named on the kernel command line
+// host. It reads the discovery log, connects to the subsystems named on the kernel command line
 // (sedboot.nqns=A,B at 10.0.2.100:4420; the second with header and data
 // digests), does O_DIRECT I/O, runs go-tcg-storage Level 0 discovery and a
 // control session through the admin passthrough ioctl, then drives the
@@ -29,7 +29,10 @@ import (
 	"github.com/sedboot/sedboot/internal/nvmeof"
 )
 
-const hostNQN = "nqn.2014-08.org.nvmexpress:uuid:7e57c0de-0000-4000-8000-00000000beef"
+const (
+	hostID  = "7e57c0de-0000-4000-8000-00000000beef"
+	hostNQN = "nqn.2014-08.org.nvmexpress:uuid:" + hostID
+)
 
 func main() {
 	g, err := guest.Start()
@@ -69,9 +72,25 @@ func (t *tester) run(ctx context.Context, nqns []string) error {
 		return err
 	}
 	var h nvmeof.Host
+	entries, err := h.Discover(ctx, nvmeof.Target{Address: "10.0.2.100", Port: 4420, HostNQN: hostNQN, HostID: hostID})
+	if err != nil {
+		return fmt.Errorf("discovery: %w", err)
+	}
+	found := 0
+	for _, e := range entries {
+		t.g.Reportf("discovery entry: trtype %d adrfam %d subtype %d traddr %s trsvcid %s subnqn %s", e.TransportType, e.AddressFamily, e.SubsystemType, e.TrAddr, e.TrSvcID, e.SubNQN)
+		for _, nqn := range nqns {
+			if e.SubNQN == nqn && e.TrAddr == "10.0.2.100" && e.TrSvcID == "4420" && e.TransportType == 3 {
+				found++
+			}
+		}
+	}
+	if found != len(nqns) || len(entries) != len(nqns) {
+		return fmt.Errorf("discovery log lists %d entries, %d of them ours; want %d", len(entries), found, len(nqns))
+	}
 	var disks []string
 	for i, nqn := range nqns {
-		tgt := nvmeof.Target{Address: "10.0.2.100", Port: 4420, NQN: nqn, HostNQN: hostNQN, HostID: "7e57c0de-0000-4000-8000-00000000beef", CtrlLossTmo: 5, ReconnectDelay: 1}
+		tgt := nvmeof.Target{Address: "10.0.2.100", Port: 4420, NQN: nqn, HostNQN: hostNQN, HostID: hostID, CtrlLossTmo: 5, ReconnectDelay: 1}
 		var c nvmeof.Controller
 		var err error
 		start := time.Now()
