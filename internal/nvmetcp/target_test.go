@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -717,5 +718,85 @@ func TestOptionsAndSubsystemValidation(t *testing.T) {
 		if err := tg.AddSubsystem(tc.nqn, tc.dev); err == nil {
 			t.Errorf("AddSubsystem(%q, serial %q) accepted", tc.nqn, tc.dev.Identity().Serial)
 		}
+	}
+}
+
+// Memory per connection is bounded: a host may not exceed its queue size,
+// and the target serves at most MaxConnections connections.
+func TestBoundsQueueSizeAndConnections(t *testing.T) {
+	tg, addr := startTarget(t, Options{MaxConnections: 3}, map[string]blockdev.Device{nqnA: newMemDevice("BOUND", 512, 256)})
+	s := openSession(t, addr, nqnA, hostOpts{}) // two connections
+	// A third: an I/O queue with two entries, given three writes that wait for data.
+	q := dialHost(t, addr, hostOpts{})
+	if r, err := q.connect(2, 1, 0, testHostID, s.cntlid, nqnA, testHostNQN); err != nil || r.status != 0x182 {
+		t.Fatalf("qid 2 beyond the one granted queue: %#x %v", r.status, err)
+	}
+	q.nc.Close()
+	// The refused connection above freed its slot once closed; wait for it.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		tg.mu.Lock()
+		n := len(tg.queues)
+		tg.mu.Unlock()
+		if n == 2 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	a := s.admin
+	// Grant a second I/O queue? Not allowed once queues exist.
+	if r, _, _ := a.send(newCmd(0x09).dw(10, 0x07).dw(11, 1|1<<16), nil, 0); r.status != 0x00C {
+		t.Errorf("Set Features number of queues with queues live: %#x", r.status)
+	}
+	h := dialHost(t, addr, hostOpts{})
+	s.io.nc.Close() // make room for qid 1 again
+	deadline = time.Now().Add(5 * time.Second)
+	var r cqe
+	var err error
+	for time.Now().Before(deadline) {
+		if r, err = h.connect(1, 1, 0, testHostID, s.cntlid, nqnA, testHostNQN); err != nil || r.status == 0 {
+			break
+		}
+		h = dialHost(t, addr, hostOpts{})
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err != nil || r.status != 0 {
+		t.Fatalf("reconnect I/O queue 1 with 2 entries: %#x %v", r.status, err)
+	}
+	for i := range 3 {
+		c := rwCmd(0x01, uint64(i*16), 16)
+		binary.LittleEndian.PutUint16(c[2:], uint16(100+i))
+		binary.LittleEndian.PutUint32(c[32:], 8192*2)
+		c[39] = 0x5A
+		hdr := make([]byte, 72)
+		copy(hdr[8:], c[:])
+		if _, err := h.nc.Write(h.buildPDU(0x04, 0, hdr, nil)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	te, err := expectTerm(h)
+	if err != nil || te.fes != 0x02 {
+		t.Fatalf("third command on a two-entry queue: %v %v, want FES 2", te, err)
+	}
+	// At the connection limit, a new connection is closed at once.
+	extra := make([]net.Conn, 0, 3)
+	for range 3 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		extra = append(extra, c)
+	}
+	refused := 0
+	limit := time.Now().Add(time.Second)
+	for _, c := range extra {
+		_ = c.SetReadDeadline(limit)
+		if _, err := c.Read(make([]byte, 1)); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			refused++
+		}
+		c.Close()
+	}
+	if refused == 0 {
+		t.Errorf("no connection refused at MaxConnections")
 	}
 }
