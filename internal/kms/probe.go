@@ -98,10 +98,13 @@ func (c *Capabilities) Finding(check string) Finding {
 func (c *Capabilities) Has(check string) bool { return c.Finding(check).Verdict == Yes }
 
 // CanLock reports whether the server enforces at least one way of
-// refusing a Get that an administrator can switch on for existing keys
-// (Extractable=false, Sensitive=true or withdrawing access), and names it.
+// refusing a Get that can be switched on for keys that already exist, and
+// names it: Extractable=false or Sensitive=true (reversible by an
+// administrator on servers that allow it), else revocation (permanent).
+// Refusing identities that were never granted access (RefusePolicy) does
+// not count: it does not show that access can be withdrawn.
 func (c *Capabilities) CanLock() (bool, string) {
-	for _, chk := range []string{RefuseExtractable, RefuseSensitive, RefusePolicy, RefuseRevoked} {
+	for _, chk := range []string{RefuseExtractable, RefuseSensitive, RefuseRevoked} {
 		if c.Has(chk) {
 			return true, chk
 		}

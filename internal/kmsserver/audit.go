@@ -17,6 +17,11 @@ import (
 func (s *Server) auditMiddleware(next kmipserver.BatchItemNext, ctx context.Context, bi *kmip.RequestBatchItem) (*kmip.ResponseBatchItem, error) {
 	t0 := time.Now()
 	resp, err := next(ctx, bi)
+	if err != nil && resp != nil {
+		// A failed handler returns a typed nil payload; drop it so that
+		// nothing below (or the encoder) dereferences it.
+		resp.ResponsePayload = nil
+	}
 	attrs := []any{"event", "kmip", "op", ttlv.EnumStr(bi.Operation), "duration_ms", time.Since(t0).Milliseconds()}
 	if c := callerOf(ctx); c != nil {
 		attrs = append(attrs, "identity", c.identity, "remote", c.remote)
@@ -72,9 +77,13 @@ func describeRequest(pl kmip.OperationPayload) []any {
 func describeResponse(pl kmip.OperationPayload) []any {
 	switch p := pl.(type) {
 	case *payloads.RegisterResponsePayload:
-		return []any{"id", p.UniqueIdentifier}
+		if p != nil {
+			return []any{"id", p.UniqueIdentifier}
+		}
 	case *payloads.LocateResponsePayload:
-		return []any{"found", len(p.UniqueIdentifier)}
+		if p != nil {
+			return []any{"found", len(p.UniqueIdentifier)}
+		}
 	}
 	return nil
 }

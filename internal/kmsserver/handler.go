@@ -351,7 +351,7 @@ func (h *handler) register(ctx context.Context, req *payloads.RegisterRequestPay
 		SecretDataType: uint32(sd.SecretDataType),
 		KeyFormatType:  uint32(kb.KeyFormatType),
 		Owner:          c.identity,
-		Grants:         []grant{{Identity: c.identity, Rights: slices.Clone(allRights)}},
+		Grants:         []grant{{Identity: c.identity, Rights: slices.Sorted(slices.Values(allRights))}},
 		State:          kmip.StatePreActive,
 		Extractable:    true,
 		Initial:        now,
