@@ -18,8 +18,8 @@ import (
 	"github.com/sedboot/sedboot/internal/config"
 	"github.com/sedboot/sedboot/internal/keys"
 	"github.com/sedboot/sedboot/internal/kms"
-	"github.com/sedboot/sedboot/internal/sed"
 	"github.com/sedboot/sedboot/internal/secret"
+	"github.com/sedboot/sedboot/internal/sed"
 )
 
 // Drive results in the boot record.

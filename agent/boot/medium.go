@@ -3,7 +3,7 @@ package boot
 import (
 	"context"
 	"encoding/json"
-		"fmt"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"

@@ -1,0 +1,186 @@
+// Package rig sets up everything a sedboot controller boots against, on
+// this host and on 127.0.0.1 only: software SEDs (opalsim) served over
+// NVMe/TCP (nvmetcp), a kmsd KMIP key server with a development PKI, the
+// real OS's root file system written onto one SED, provisioning of the
+// SEDs and key server, the boot medium, and the QEMU configuration that
+// reaches all of it through user-network forwards. The boot tests
+// (agent/boottest) and the demo (scripts/demo) use it.
+//
+// Provisioning here is test and demo setup: it enables each drive with
+// sed.Enable and registers its key on the key server, the way `sedctl
+// enable` does on a controller.
+package rig
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/sedboot/sedboot/internal/nvmetcp"
+	"github.com/sedboot/sedboot/internal/opalsim"
+	"github.com/sedboot/sedboot/internal/sed"
+)
+
+// Guest-side addresses of the forwards (QEMU user network).
+const (
+	// GuestHost is where the host's services appear in the guest.
+	GuestHost = "10.0.2.100"
+	// GuestHost2 is a second address, for a second key server.
+	GuestHost2 = "10.0.2.101"
+	// NVMePort is the NVMe/TCP port in the guest (discovery and I/O).
+	NVMePort = 4420
+	// KMIPPort is the KMIP port in the guest.
+	KMIPPort = 5696
+	// NQNPrefix starts the simulated SEDs' subsystem NQNs.
+	NQNPrefix = "nqn.2026-11.io.sedboot:sim:"
+	// DefaultBlocks is the size of a drive without the root file system
+	// (512-byte blocks: 4 MiB).
+	DefaultBlocks = 8192
+)
+
+// SimDrive is one simulated SED.
+type SimDrive struct {
+	Serial string
+	NQN    string
+	Sim    *opalsim.Drive
+}
+
+// Options configure New.
+type Options struct {
+	// Drives is the number of SEDs (at least 1).
+	Drives int
+	// SerialPrefix starts the drive serials (default "SIM"): SIM0001...
+	SerialPrefix string
+	// RootImage, when set, is a file system image written at block 0 of
+	// drive 0 before provisioning: the real OS.
+	RootImage string
+	// Log receives the target's messages (nil: none).
+	Log *slog.Logger
+}
+
+// Rig is the running NVMe/TCP target with its drives.
+type Rig struct {
+	Drives []*SimDrive
+	Target *nvmetcp.Target
+	// Addr is the target's 127.0.0.1:port.
+	Addr string
+
+	cancel context.CancelFunc
+	served chan error
+	once   sync.Once
+}
+
+// New creates the drives, writes the root image and serves them.
+func New(opts Options) (*Rig, error) {
+	if opts.Drives < 1 {
+		return nil, errors.New("rig: at least one drive")
+	}
+	prefix := opts.SerialPrefix
+	if prefix == "" {
+		prefix = "SIM"
+	}
+	tg, err := nvmetcp.NewTarget(opts.Log, nvmetcp.Options{AdvertiseAddr: fmt.Sprintf("%s:%d", GuestHost, NVMePort)})
+	if err != nil {
+		return nil, err
+	}
+	r := &Rig{Target: tg}
+	fail := func(err error) (*Rig, error) {
+		r.Close()
+		return nil, err
+	}
+	var root []byte
+	if opts.RootImage != "" {
+		if root, err = os.ReadFile(opts.RootImage); err != nil {
+			return fail(fmt.Errorf("rig: root image: %w", err))
+		}
+	}
+	for i := range opts.Drives {
+		serial := fmt.Sprintf("%s%04d", prefix, i+1)
+		blocks := uint64(DefaultBlocks)
+		if i == 0 && len(root) > 0 {
+			blocks = max(blocks, uint64(len(root)+511)/512+2048)
+		}
+		d, err := opalsim.NewMemory(opalsim.Config{Serial: serial, Model: "sedboot opalsim", Firmware: "SIM1",
+			Blocks: blocks, MBRSize: 1 << 20, DataStoreSize: 64 << 10})
+		if err != nil {
+			return fail(fmt.Errorf("rig: drive %s: %w", serial, err))
+		}
+		sd := &SimDrive{Serial: serial, NQN: NQNPrefix + serial, Sim: d}
+		r.Drives = append(r.Drives, sd)
+		if i == 0 && len(root) > 0 {
+			buf := make([]byte, (len(root)+511)/512*512)
+			copy(buf, root)
+			if err := d.WriteBlocks(0, buf); err != nil {
+				return fail(fmt.Errorf("rig: write root image to %s: %w", serial, err))
+			}
+			if err := d.Flush(); err != nil {
+				return fail(err)
+			}
+		}
+		if err := tg.AddSubsystem(sd.NQN, d); err != nil {
+			return fail(fmt.Errorf("rig: export %s: %w", serial, err))
+		}
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return fail(err)
+	}
+	r.Addr = l.Addr().String()
+	ctx, cancel := context.WithCancel(context.Background())
+	r.cancel, r.served = cancel, make(chan error, 1)
+	go func() { r.served <- tg.Serve(ctx, l) }()
+	return r, nil
+}
+
+// Close stops the target and releases the drives.
+func (r *Rig) Close() {
+	r.once.Do(func() {
+		if r.cancel != nil {
+			r.cancel()
+		}
+		r.Target.Close()
+		if r.served != nil {
+			select {
+			case <-r.served:
+			case <-time.After(10 * time.Second):
+			}
+		}
+		for _, d := range r.Drives {
+			d.Sim.Close()
+		}
+	})
+}
+
+// PowerCycle power cycles every drive (as a controller power-off does):
+// hosts are disconnected, and ranges set to lock on power cycle lock.
+func (r *Rig) PowerCycle(ctx context.Context) error {
+	for _, d := range r.Drives {
+		if err := r.Target.PowerCycle(ctx, d.NQN, d.Sim.PowerCycle); err != nil {
+			return fmt.Errorf("power cycle %s: %w", d.Serial, err)
+		}
+	}
+	return nil
+}
+
+// HostDrive returns drive i as the host's sed layer sees it (through the
+// simulator's own interface, not the network).
+func (r *Rig) HostDrive(i int) *sed.Drive {
+	return sed.New(r.Drives[i].Sim, r.Drives[i].Serial)
+}
+
+// Locked reports how many drives have a locked global range now.
+func (r *Rig) Locked() int {
+	n := 0
+	for _, d := range r.Drives {
+		st := d.Sim.Status()
+		if len(st.Ranges) > 0 && (st.Ranges[0].ReadLocked || st.Ranges[0].WriteLocked) {
+			n++
+		}
+	}
+	return n
+}
