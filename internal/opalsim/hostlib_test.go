@@ -350,3 +350,21 @@ func TestActivateInSessionThatChangedSID(t *testing.T) {
 		t.Fatalf("data after unlock: %v (equal=%v)", err, bytes.Equal(got, want))
 	}
 }
+
+func TestSIDIsMSID(t *testing.T) {
+	d, _ := testDrive(t)
+	if !d.SIDIsMSID() {
+		t.Fatal("factory-fresh drive: SID should be MSID")
+	}
+	h := newHost(t, d)
+	h.takeOwnership([]byte("owned-sid"))
+	if d.SIDIsMSID() {
+		t.Fatal("after take ownership: SID should not be MSID")
+	}
+	if err := d.PowerCycle(); err != nil {
+		t.Fatal(err)
+	}
+	if d.SIDIsMSID() {
+		t.Fatal("a power cycle must not restore MSID")
+	}
+}

@@ -63,3 +63,16 @@ func (d *Drive) Status() Status {
 	}
 	return s
 }
+
+// SIDIsMSID reports whether C_PIN_SID still holds the manufactured MSID
+// value (the drive has not been taken ownership of, or was reverted). It
+// checks the stored SID verifier against MSID inside the simulator, so it
+// spends no authentication try; a real drive reports this only through
+// the Block SID feature.
+func (d *Drive) SIDIsMSID() bool {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	k, ok := d.st.SID.V.check(d.st.MSID)
+	zero(k)
+	return ok
+}
