@@ -369,17 +369,18 @@ func (h *handler) register(ctx context.Context, req *payloads.RegisterRequestPay
 		}
 	}
 	err := h.st.create(o, material, func(tx *bolt.Tx) error {
-		return eachTx(tx, func(x *object) error {
-			if x.destroyed() {
-				return nil
-			}
-			for _, n := range o.Names {
-				if slices.Contains(x.Names, n) {
+		for _, n := range o.Names {
+			for _, id := range lookupTx(tx, bucketNames, n) {
+				x, err := getTx(tx, id)
+				if err != nil {
+					return err
+				}
+				if x != nil && !x.destroyed() {
 					return errf(kmip.ResultReasonInvalidField, "name %q is already in use", n)
 				}
 			}
-			return nil
-		})
+		}
+		return nil
 	})
 	if err != nil {
 		return nil, err
@@ -452,7 +453,7 @@ func (h *handler) locate(ctx context.Context, req *payloads.LocateRequestPayload
 	}
 	wantState := slices.ContainsFunc(req.Attribute, func(a kmip.Attribute) bool { return a.AttributeName == kmip.AttributeNameState })
 	var ids []string
-	err := h.st.each(func(o *object) error {
+	err := h.candidates(req.Attribute, func(o *object) error {
 		if o.destroyed() && !wantState {
 			return nil
 		}
@@ -488,6 +489,41 @@ func (h *handler) locate(ctx context.Context, req *payloads.LocateRequestPayload
 		resp.LocatedItems = &total
 	}
 	return resp, nil
+}
+
+// candidates calls fn for the objects that may match crit: those indexed
+// under its first Name, else its first Object Group, else all.
+func (h *handler) candidates(crit []kmip.Attribute, fn func(*object) error) error {
+	for _, ix := range []struct {
+		name   kmip.AttributeName
+		bucket []byte
+	}{{kmip.AttributeNameName, bucketNames}, {kmip.AttributeNameObjectGroup, bucketGroups}} {
+		for _, a := range crit {
+			if a.AttributeName != ix.name {
+				continue
+			}
+			var v string
+			switch x := a.AttributeValue.(type) {
+			case kmip.Name:
+				v = x.NameValue
+			case string:
+				v = x
+			default:
+				return nil // malformed: matches nothing
+			}
+			objs, err := h.st.lookup(ix.bucket, v)
+			if err != nil {
+				return err
+			}
+			for _, o := range objs {
+				if err := fn(o); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+	}
+	return h.st.each(fn)
 }
 
 func (h *handler) get(ctx context.Context, req *payloads.GetRequestPayload) (*payloads.GetResponsePayload, error) {

@@ -17,7 +17,48 @@ import (
 // MasterKeySize is the size of the key that seals key material at rest.
 const MasterKeySize = 32
 
-var bucketObjects = []byte("objects")
+var (
+	bucketObjects = []byte("objects")
+	// Indexes: key NAME "\x00" ID (resp. GROUP "\x00" ID), empty value.
+	bucketNames  = []byte("index-names")
+	bucketGroups = []byte("index-groups")
+)
+
+// indexes lists each index bucket with the values it indexes.
+var indexes = []struct {
+	bucket []byte
+	values func(*object) []string
+}{
+	{bucketNames, func(o *object) []string { return o.Names }},
+	{bucketGroups, func(o *object) []string { return o.Groups }},
+}
+
+func idxKey(value, id string) []byte {
+	k := make([]byte, 0, len(value)+1+len(id))
+	k = append(k, value...)
+	k = append(k, 0)
+	return append(k, id...)
+}
+
+// reindex replaces old's index entries (nil for a new object) by o's.
+func reindex(tx *bolt.Tx, old, o *object) error {
+	for _, ix := range indexes {
+		b := tx.Bucket(ix.bucket)
+		if old != nil {
+			for _, v := range ix.values(old) {
+				if err := b.Delete(idxKey(v, old.ID)); err != nil {
+					return err
+				}
+			}
+		}
+		for _, v := range ix.values(o) {
+			if err := b.Put(idxKey(v, o.ID), nil); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
 
 // errNoObject is returned by the store for an unknown identifier.
 var errNoObject = errors.New("no such object")
@@ -50,8 +91,39 @@ func openStore(path string, masterKey []byte) (*store, error) {
 		return nil, fmt.Errorf("store %s: %w", path, err)
 	}
 	if err := db.Update(func(tx *bolt.Tx) error {
-		_, err := tx.CreateBucketIfNotExists(bucketObjects)
-		return err
+		objs, err := tx.CreateBucketIfNotExists(bucketObjects)
+		if err != nil {
+			return err
+		}
+		missing := false
+		for _, ix := range indexes {
+			missing = missing || tx.Bucket(ix.bucket) == nil
+		}
+		if !missing {
+			return nil
+		}
+		// A database from before the indexes (or with one lost): rebuild
+		// them all.
+		for _, ix := range indexes {
+			if tx.Bucket(ix.bucket) != nil {
+				if err := tx.DeleteBucket(ix.bucket); err != nil {
+					return err
+				}
+			}
+			if _, err := tx.CreateBucket(ix.bucket); err != nil {
+				return err
+			}
+		}
+		if err := objs.ForEach(func(_, v []byte) error {
+			o := new(object)
+			if err := json.Unmarshal(v, o); err != nil {
+				return err
+			}
+			return reindex(tx, nil, o)
+		}); err != nil {
+			return err
+		}
+		return nil
 	}); err != nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("store %s: %w", path, err)
@@ -133,6 +205,9 @@ func (s *store) create(o *object, material []byte, check func(tx *bolt.Tx) error
 		if o.Sealed, err = s.seal(o.ID, material); err != nil {
 			return err
 		}
+		if err := reindex(tx, nil, o); err != nil {
+			return err
+		}
 		return put(b, o)
 	})
 }
@@ -147,14 +222,20 @@ func (s *store) update(id string, fn func(tx *bolt.Tx, o *object) error) (*objec
 		if v == nil {
 			return errNoObject
 		}
-		o := new(object)
+		o, old := new(object), new(object)
 		if err := json.Unmarshal(v, o); err != nil {
+			return err
+		}
+		if err := json.Unmarshal(v, old); err != nil {
 			return err
 		}
 		if err := fn(tx, o); err != nil {
 			return err
 		}
 		o.LastChange = time.Now().UTC().Truncate(time.Second)
+		if err := reindex(tx, old, o); err != nil {
+			return err
+		}
 		out = o
 		return put(b, o)
 	})
@@ -169,13 +250,44 @@ func put(b *bolt.Bucket, o *object) error {
 	return b.Put([]byte(o.ID), v)
 }
 
-// eachTx iterates objects inside an open transaction.
-func eachTx(tx *bolt.Tx, fn func(*object) error) error {
-	return tx.Bucket(bucketObjects).ForEach(func(_, v []byte) error {
-		o := new(object)
-		if err := json.Unmarshal(v, o); err != nil {
-			return err
+// lookupTx returns the identifiers indexed under value in bucket.
+func lookupTx(tx *bolt.Tx, bucket []byte, value string) []string {
+	var ids []string
+	prefix := append([]byte(value), 0)
+	c := tx.Bucket(bucket).Cursor()
+	for k, _ := c.Seek(prefix); k != nil && len(k) > len(prefix) && string(k[:len(prefix)]) == string(prefix); k, _ = c.Next() {
+		ids = append(ids, string(k[len(prefix):]))
+	}
+	return ids
+}
+
+// lookup returns the objects indexed under value in bucket.
+func (s *store) lookup(bucket []byte, value string) ([]*object, error) {
+	var out []*object
+	err := s.db.View(func(tx *bolt.Tx) error {
+		objs := tx.Bucket(bucketObjects)
+		for _, id := range lookupTx(tx, bucket, value) {
+			v := objs.Get([]byte(id))
+			if v == nil {
+				continue
+			}
+			o := new(object)
+			if err := json.Unmarshal(v, o); err != nil {
+				return err
+			}
+			out = append(out, o)
 		}
-		return fn(o)
+		return nil
 	})
+	return out, err
+}
+
+// getTx reads object id inside a transaction; nil when absent.
+func getTx(tx *bolt.Tx, id string) (*object, error) {
+	v := tx.Bucket(bucketObjects).Get([]byte(id))
+	if v == nil {
+		return nil, nil
+	}
+	o := new(object)
+	return o, json.Unmarshal(v, o)
 }
