@@ -5,7 +5,7 @@
 //
 //	k := boottest.Kernel(t)
 //	img := boottest.Image(t, initramfs.Spec{Init: "./testdata/init", ...})
-//	m := boottest.Boot(t, qemu.Config{Kernel: k.VmlinuzPath, Initrd: img.Path, ...})
+//	m := boottest.Boot(t, qemu.Config{Kernel: k.BootImage(), Initrd: img.Path, ...})
 //	boottest.WaitFor(t, m, guest.Passed)
 package boottest
 

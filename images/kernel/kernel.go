@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -33,8 +34,12 @@ const completeMarker = "complete"
 type Kernel struct {
 	// Version is the kernel release (uname -r).
 	Version string
-	// VmlinuzPath is the bootable kernel image.
+	// VmlinuzPath is the kernel as Debian ships it (a bzImage).
 	VmlinuzPath string
+	// VmlinuxPath is the same kernel uncompressed (an ELF with a PVH entry
+	// point), extracted by Open; empty when that was not possible. Boot
+	// BootImage(), which picks it when there.
+	VmlinuxPath string
 	// Root is the unpacked package (boot/, lib/modules/<Version>/ ...).
 	Root string
 
@@ -85,7 +90,9 @@ func modulePath(gomod []byte) string {
 
 // Open returns the kernel cached in cacheDir by an earlier Ensure. It never
 // touches the network; it returns an error wrapping ErrNotFetched when the
-// kernel is not there.
+// kernel is not there. The first Open of a cache extracts the uncompressed
+// kernel (a second or two; see BootImage); if that fails, the kernel is
+// still usable through its bzImage and Open logs why.
 func Open(cacheDir string) (*Kernel, error) {
 	dir := filepath.Join(cacheDir, Version)
 	if _, err := os.Stat(filepath.Join(dir, completeMarker)); err != nil {
@@ -105,6 +112,13 @@ func Open(cacheDir string) (*Kernel, error) {
 	}
 	if err := k.index(); err != nil {
 		return nil, fmt.Errorf("open kernel %s: %w", Version, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), extractTimeout)
+	defer cancel()
+	if p, err := ensureVmlinux(ctx, dir, k.VmlinuzPath); err == nil {
+		k.VmlinuxPath = p
+	} else {
+		slog.Warn("kernel: no uncompressed kernel, booting the bzImage (slower)", "err", err)
 	}
 	return k, nil
 }

@@ -29,7 +29,7 @@ func smokeGuest(t *testing.T, name string, cmdline ...string) qemu.Config {
 		Modules:       boottest.Modules(t, k, "nvme-tcp", "virtio_net"),
 		KernelVersion: k.Version,
 	})
-	return qemu.Config{Name: name, Kernel: k.VmlinuzPath, Initrd: img.Path, Cmdline: cmdline}
+	return qemu.Config{Name: name, Kernel: k.BootImage(), Initrd: img.Path, Cmdline: cmdline}
 }
 
 // echoServer answers every line with "echo: <line>" and records what it got.
@@ -244,7 +244,7 @@ func bootOnce(b *testing.B, extra []string) (toInit, toOff time.Duration) {
 		}
 	}()
 	cfg := qemu.Config{
-		Name: "bench", Kernel: k.VmlinuzPath, Initrd: img.Path,
+		Name: "bench", Kernel: k.BootImage(), Initrd: img.Path,
 		Cmdline: append([]string{"sedboot.test=smoke", "sedboot.echo=10.0.2.100:7777"}, extra...),
 		Net:     &qemu.UserNet{Forwards: []qemu.Forward{{GuestPort: 7777, Host: ln.Addr().String()}}},
 	}
@@ -272,7 +272,7 @@ func TestBootURootInit(t *testing.T) {
 	})
 	echo := startEcho(t)
 	m := boottest.Boot(t, qemu.Config{
-		Name: "uroot", Kernel: k.VmlinuzPath, Initrd: img.Path,
+		Name: "uroot", Kernel: k.BootImage(), Initrd: img.Path,
 		Cmdline: []string{"sedboot.test=smoke", "sedboot.echo=10.0.2.100:7777"},
 		Net:     &qemu.UserNet{Forwards: []qemu.Forward{{GuestPort: 7777, Host: echo.ln.Addr().String()}}},
 	})

@@ -51,7 +51,7 @@ func run(ctx context.Context, cache, deb, mods string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("kernel %s\nvmlinuz %s\n", k.Version, k.VmlinuzPath)
+	fmt.Printf("kernel %s\nvmlinuz %s\nboot %s\n", k.Version, k.VmlinuzPath, k.BootImage())
 	var names []string
 	for _, n := range strings.Split(mods, ",") {
 		if n = strings.TrimSpace(n); n != "" {
