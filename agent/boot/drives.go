@@ -301,7 +301,7 @@ func (a *Agent) stepKeys(ctx context.Context) error {
 			for _, at := range res.Attempts {
 				status := fmt.Sprintf("%d key(s) in %d request(s)", at.Keys, at.Requests)
 				if at.Error != "" {
-					status = "failed: " + at.Error
+					status = "failed: " + oneLine(at.Error, 200)
 				}
 				a.Printf("  %s %s: %s (%s)", at.Source, at.Server, status, at.Latency.Round(time.Millisecond))
 			}
@@ -338,7 +338,7 @@ func (a *Agent) stepKeys(ctx context.Context) error {
 		}
 		without = append(without, d.serial)
 		for _, c := range a.doc.Candidates(d.serial) {
-			if r := all.Missing[c.Name]; r != "" && !reasons[r] {
+			if r := oneLine(all.Missing[c.Name], 200); r != "" && !reasons[r] {
 				reasons[r] = true
 				why = append(why, r)
 			}
@@ -352,16 +352,35 @@ func (a *Agent) stepKeys(ctx context.Context) error {
 	}
 	all.Zero()
 	err = fmt.Errorf("no key released for %d of %d drive(s) (%s)", len(without), len(need), strings.Join(without, ", "))
-	if len(why) > 0 {
-		if len(why) > 3 {
-			why = append(why[:3], "...")
-		}
-		err = fmt.Errorf("%w: %s", err, strings.Join(why, "; "))
+	switch {
+	case len(why) == 1:
+		err = fmt.Errorf("%w: %s", err, why[0])
+	case len(why) > 1:
+		err = fmt.Errorf("%w: %s (and %d more)", err, why[0], len(why)-1)
 	}
-	if len(errs) > 0 {
-		err = errors.Join(append([]error{err}, errs...)...)
-	}
+	// The sources' own errors classify the failure (errors.Is) for the
+	// hint; their text repeats the reasons above, so it is not shown.
+	err = &classified{msg: err.Error(), causes: errs}
 	return steps.WithHint(err, keysHint(err))
+}
+
+// classified is an error whose message is msg and which matches the
+// causes with errors.Is.
+type classified struct {
+	msg    string
+	causes []error
+}
+
+func (c *classified) Error() string   { return c.msg }
+func (c *classified) Unwrap() []error { return c.causes }
+
+// oneLine flattens a multi-line message and bounds its length.
+func oneLine(s string, n int) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) > n {
+		s = s[:n] + "..."
+	}
+	return s
 }
 
 // keysHint says what to check for a failed key fetch.
