@@ -58,4 +58,3 @@ func cpioList(t *testing.T, path string) map[string]bool {
 	}
 	return m
 }
-

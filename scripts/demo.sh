@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# make demo: runs sedboot's demo. Stage 1 walks four software SEDs through
-# the life cycle sedboot manages (enable, lock on power cycle, unlock,
-# rotate, PSID revert), on the host, in a few seconds.
+# sedboot demo: software SEDs, a KMIP key server and a controller booting in
+# QEMU, all on this machine (127.0.0.1 only). `make demo` runs the
+# prerequisites and the build first; this script fetches the boot kernel if
+# needed and runs the demo program (images/cmd/demo, built into bin/demo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH=/usr/local/go/bin:$PATH
-echo "demo: software SED life cycle (scripts/seddemo)"
-go run ./scripts/seddemo
+echo "demo: fetching the boot kernel if it is not cached (make kernel)"
+make --no-print-directory kernel
+if [ ! -x bin/demo ]; then
+  echo "demo: building bin/demo"
+  CGO_ENABLED=0 go build -o bin/demo ./images/cmd/demo
+fi
+exec bin/demo "$@"

@@ -199,7 +199,16 @@ func expect(t testing.TB, m *qemu.Machine, re string) []string {
 // printed.
 func realOS(t testing.TB, m *qemu.Machine, boots int) map[string]any {
 	t.Helper()
+	rec, _ := realOSAt(t, m, boots)
+	return rec
+}
+
+// realOSAt is realOS, also returning when the real OS's first line was
+// seen.
+func realOSAt(t testing.TB, m *qemu.Machine, boots int) (map[string]any, time.Time) {
+	t.Helper()
 	expect(t, m, `REALOS hello: pid 1, root /dev/nvme\d+n\d+ \(ext4\)`)
+	hello := time.Now()
 	js := expect(t, m, `REALOS record-json: (\{[^\r\n]*\})\r?\n`)[1]
 	expect(t, m, `REALOS boots: `+strconv.Itoa(boots)+`\b`)
 	expect(t, m, `REALOS done`)
@@ -216,7 +225,7 @@ func realOS(t testing.TB, m *qemu.Machine, boots int) map[string]any {
 	if err := json.Unmarshal([]byte(js), &rec); err != nil {
 		t.Fatalf("boot record from the real OS: %v", err)
 	}
-	return rec
+	return rec, hello
 }
 
 // recoveryPrompt waits for the recovery loop's prompt.
