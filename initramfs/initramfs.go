@@ -95,6 +95,9 @@ type URoot struct {
 	// Shell, if set, is the command /bin/sh and /bin/defaultsh point to
 	// (init starts it when Uinit exits).
 	Shell string
+	// Tags are Go build tags for the u-root commands (e.g. "goshsmall",
+	// gosh's plain line editor).
+	Tags []string
 }
 
 // File is one extra file.
@@ -232,6 +235,7 @@ func Build(ctx context.Context, spec Spec) (*Image, error) {
 	if st, err := os.Stat(img.Path); err == nil {
 		img.Cached = true
 		img.Size = st.Size()
+		touch(img.Path) // in use: keep pruneCache away
 	} else {
 		tmp := filepath.Join(work, "initramfs.cpio.zst")
 		if err := compress(ctx, raw, tmp, level); err != nil {
@@ -337,7 +341,8 @@ func compress(ctx context.Context, src, dst string, level int) error {
 	return nil
 }
 
-// pruneCache removes images other than keep that nobody used for a day.
+// pruneCache removes cached images and u-root archives other than keep
+// that nobody used for a day.
 func pruneCache(dir, keep string, log *slog.Logger) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
@@ -345,7 +350,8 @@ func pruneCache(dir, keep string, log *slog.Logger) {
 	}
 	for _, e := range entries {
 		p := filepath.Join(dir, e.Name())
-		if p == keep || !strings.HasPrefix(e.Name(), "initramfs-") {
+		cached := strings.HasPrefix(e.Name(), "initramfs-") || (strings.HasPrefix(e.Name(), "uroot-") && strings.HasSuffix(e.Name(), ".cpio"))
+		if p == keep || !cached {
 			continue
 		}
 		if info, err := e.Info(); err == nil && time.Since(info.ModTime()) > 24*time.Hour {
@@ -354,6 +360,12 @@ func pruneCache(dir, keep string, log *slog.Logger) {
 			}
 		}
 	}
+}
+
+// touch marks a cached file as used now.
+func touch(path string) {
+	now := time.Now()
+	os.Chtimes(path, now, now)
 }
 
 // archive collects records by path; a later record for a path replaces an

@@ -205,3 +205,46 @@ func TestBuildRejectsModuleOutOfOrder(t *testing.T) {
 		t.Fatalf("Build = %v, want an error about the missing dependency", err)
 	}
 }
+
+// u-root's init as /init running our program: the busybox is cached in
+// build/initramfs (the first run builds it, tens of seconds).
+func TestBuildURoot(t *testing.T) {
+	testenv.LookPath(t, "zstd", "scripts/prereqs.sh")
+	testenv.LookPath(t, "go", "the Go toolchain")
+	spec := Spec{
+		URoot:    &URoot{Uinit: "tool", UinitArgs: []string{"-v"}},
+		Programs: []string{"./testdata/tool"},
+		Level:    3,
+	}
+	img, err := Build(context.Background(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs, _ := readImage(t, img.Path)
+	for name, target := range map[string]string{
+		"init":       "bbin/init",
+		"bbin/init":  "bb",
+		"bin/uinit":  "tool",
+		"bbin/uinit": "",
+	} {
+		r, ok := recs[name]
+		if target == "" {
+			if ok {
+				t.Errorf("%s present; u-root's init would run it before /bin/uinit", name)
+			}
+			continue
+		}
+		if !ok || r.Mode&cpio.S_IFMT != cpio.S_IFLNK || content(t, r) != target {
+			t.Errorf("%s: want a symlink to %q, got %+v", name, target, r.Info)
+		}
+	}
+	if r, ok := recs["bbin/bb"]; !ok || !strings.HasPrefix(content(t, r), "\x7fELF") {
+		t.Error("bbin/bb (the busybox) missing")
+	}
+	if r, ok := recs["etc/uinit.flags"]; !ok || !strings.Contains(content(t, r), "-v") {
+		t.Error("etc/uinit.flags missing the uinit arguments")
+	}
+	if _, ok := recs["bin/tool"]; !ok {
+		t.Error("bin/tool missing")
+	}
+}

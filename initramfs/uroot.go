@@ -39,12 +39,13 @@ func urootArchive(ctx context.Context, spec Spec, cacheDir string, log *slog.Log
 		}
 	}
 
-	key, err := urootKey(ctx, spec.Dir, cmds, uinit, u.UinitArgs, u.Shell)
+	key, err := urootKey(ctx, spec.Dir, cmds, uinit, u)
 	if err != nil {
 		return nil, fmt.Errorf("u-root: %w", err)
 	}
 	file := filepath.Join(cacheDir, "uroot-"+key[:16]+".cpio")
 	if f, err := os.Open(file); err == nil {
+		touch(file)
 		return f, nil
 	}
 	lock, err := filelock.Lock(ctx, file+".lock")
@@ -69,7 +70,8 @@ func urootArchive(ctx context.Context, spec Spec, cacheDir string, log *slog.Log
 			return nil, fmt.Errorf("u-root: %w", err)
 		}
 	}
-	env := golang.Default(golang.DisableCGO(), golang.WithGOOS("linux"), golang.WithGOARCH("amd64"), golang.WithWorkingDir(dir))
+	env := golang.Default(golang.DisableCGO(), golang.WithGOOS("linux"), golang.WithGOARCH("amd64"),
+		golang.WithWorkingDir(dir), golang.WithBuildTag(u.Tags...))
 	out := filepath.Join(tmp, "uroot.cpio")
 	mods := []uimage.Modifier{
 		uimage.WithReplaceEnv(env),
@@ -105,8 +107,8 @@ func urootArchive(ctx context.Context, spec Spec, cacheDir string, log *slog.Log
 }
 
 // urootKey hashes everything the u-root archive depends on: the toolchain,
-// the module's requirements, and the build's settings.
-func urootKey(ctx context.Context, dir string, cmds []string, uinit string, args []string, shell string) (string, error) {
+// the module's requirements, and the build's settings (GOFLAGS included).
+func urootKey(ctx context.Context, dir string, cmds []string, uinit string, u *URoot) (string, error) {
 	cmd := exec.CommandContext(ctx, "go", "env", "GOVERSION", "GOMOD")
 	cmd.Dir = dir
 	out, err := cmd.Output()
@@ -118,7 +120,8 @@ func urootKey(ctx context.Context, dir string, cmds []string, uinit string, args
 		return "", fmt.Errorf("directory %q is not inside a Go module", dir)
 	}
 	h := sha256.New()
-	fmt.Fprintf(h, "go %s\ncmds %q\nuinit %q %q\nshell %q\n", lines[0], cmds, uinit, args, shell)
+	fmt.Fprintf(h, "go %s\ngoflags %q\ncmds %q\nuinit %q %q\nshell %q\ntags %q\n",
+		lines[0], os.Getenv("GOFLAGS"), cmds, uinit, u.UinitArgs, u.Shell, u.Tags)
 	for _, f := range []string{lines[1], strings.TrimSuffix(lines[1], ".mod") + ".sum"} {
 		data, err := os.ReadFile(f)
 		if err != nil {
