@@ -372,8 +372,7 @@ func judge(sr *ServerReport, cfg Config, caps *kms.Capabilities) {
 	if ok, how := caps.CanLock(); ok {
 		sr.Steps = append(sr.Steps, Step{Name: "cryptographic lock", Status: OK, Detail: "possible: the server " + how})
 	} else {
-		what := "the server cannot enforce a cryptographic lock: it released keys that were made non-extractable, sensitive or revoked (" +
-			caps.Finding(kms.RefuseExtractable).Detail + ")"
+		what := "the server cannot enforce a cryptographic lock: it does not refuse Get of a key made non-extractable, sensitive or revoked (see the \"refuses Get\" lines)"
 		fix := "use a key server that enforces Extractable or Sensitive on Get (kmsd does; Debian's PyKMIP does not), or accept that \"sedctl lock\" cannot stop key release"
 		sr.Steps = append(sr.Steps, Step{Name: "cryptographic lock", Status: map[bool]Status{true: Fail, false: Warn}[cfg.RequireLock], Detail: "not possible"})
 		sr.problem(cfg.RequireLock, what, fix)

@@ -60,8 +60,12 @@ func TestFitServerJSON(t *testing.T) {
 	}
 }
 
-func TestPyKMIPCannotLock(t *testing.T) {
-	py := pykmiptest.Start(t, pykmiptest.Options{})
+// TestPyKMIP checks Debian's PyKMIP with an RSA server certificate: its
+// TLS 1.2 profile then offers only CBC-SHA256 suites, which Go does not
+// enable by default; with one enabled the server is fit but cannot
+// enforce a cryptographic lock.
+func TestPyKMIP(t *testing.T) {
+	py := pykmiptest.Start(t, pykmiptest.Options{KeyType: pki.RSA2048})
 	cf, kf, err := py.IssueClient("array-A1", pki.ECDSAP256)
 	if err != nil {
 		t.Fatal(err)
@@ -72,12 +76,22 @@ func TestPyKMIPCannotLock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if ok || !strings.Contains(out.String(), "enable a CBC-SHA256 cipher suite") {
+		t.Fatalf("RSA-certificate PyKMIP with Go's default suites: want unfit with the CBC-SHA256 hint:\n%s", out.String())
+	}
+	cfg.CipherSuites = []string{"TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256"}
+	out.Reset()
+	ok, err = kmscheck.Run(context.Background(), kmscheck.Config{KMS: cfg}, &out, false)
+	if err != nil {
+		t.Fatal(err)
+	}
 	text := out.String()
 	t.Log("\n" + text)
 	if !ok {
 		t.Fatalf("PyKMIP should be fit when no lock is required")
 	}
-	for _, want := range []string{"pykmip (", "FIT", "cannot enforce a cryptographic lock", "Application Specific Information", "refuses Get when Extractable=false"} {
+	for _, want := range []string{"pykmip (", "FIT", "cannot enforce a cryptographic lock", "Application Specific Information",
+		"refuses Get when Extractable=false", "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256 is not an AEAD suite"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("report lacks %q", want)
 		}

@@ -143,12 +143,19 @@ func Launch(ctx context.Context, dir string, opts Options) (*Server, error) {
 			return nil, fmt.Errorf("pykmip: %w", err)
 		}
 		s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-		if lastErr = s.run(ctx, bin, confFile, ca, opts.StartTimeout); lastErr == nil {
+		lastErr = s.run(ctx, bin, confFile, ca, opts.StartTimeout)
+		if lastErr == nil {
 			return s, nil
+		}
+		if !errors.Is(lastErr, errExited) {
+			break // only an early exit (the port taken meanwhile) is worth a retry
 		}
 	}
 	return nil, lastErr
 }
+
+// errExited marks a server that exited during start-up.
+var errExited = errors.New("server exited during start-up")
 
 func configFile(port int, cert, key, ca, policyDir, db string, suites []string) string {
 	var b strings.Builder
@@ -195,12 +202,12 @@ func (s *Server) run(ctx context.Context, bin, confFile string, ca *pki.CA, time
 		return fmt.Errorf("pykmip: %w", err)
 	}
 	tc := &tls.Config{RootCAs: ca.Pool(), ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12,
-		Certificates: []tls.Certificate{probeCert.TLSCertificate()}}
+		Certificates: []tls.Certificate{probeCert.TLSCertificate()}, CipherSuites: ClientCipherSuites()}
 	deadline := time.Now().Add(timeout)
 	for attempt := 0; ; attempt++ {
 		select {
 		case <-s.done:
-			return fmt.Errorf("pykmip: server exited during start-up (%v): %s%s", s.werr, strings.TrimSpace(out.String()), s.logTail())
+			return fmt.Errorf("pykmip: %w (%v): %s%s", errExited, s.werr, strings.TrimSpace(out.String()), s.logTail())
 		default:
 		}
 		if err := handshake(ctx, s.Addr, tc); err == nil {
@@ -266,6 +273,16 @@ func (s *Server) killGroup() {
 	// Negative pid: the whole process group, which this package created
 	// for this server alone.
 	_ = syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
+}
+
+// ClientCipherSuites are Go's default TLS 1.2 suites plus the CBC-SHA256
+// ones PyKMIP's TLS 1.2 profile offers for an RSA certificate.
+func ClientCipherSuites() []uint16 {
+	var ids []uint16
+	for _, s := range tls.CipherSuites() {
+		ids = append(ids, s.ID)
+	}
+	return append(ids, tls.TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256, tls.TLS_RSA_WITH_AES_128_CBC_SHA256)
 }
 
 // IssueClient makes a client certificate the server accepts and writes it
