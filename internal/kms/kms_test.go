@@ -504,3 +504,36 @@ func TestNoKeyMaterialInErrorsOrReports(t *testing.T) {
 		t.Error("secrets marshal to JSON")
 	}
 }
+
+func TestRSAClientAndSessionResumption(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b *backend) {
+		is, err := b.ca.Issue(pki.Request{CommonName: "rsa-agent", Role: pki.RoleClient, KeyType: pki.RSA2048})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cf, kf, _ := is.WriteFiles(t.TempDir(), "rsa-agent")
+		cfg := b.config(t, "unused")
+		cfg.CertFile, cfg.KeyFile = cf, kf
+		c, err := kms.New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		first := b.connect(t, c)
+		ks := register(t, first, 1)
+		if first.Info().Resumed {
+			t.Error("first connection resumed a session")
+		}
+		first.Close()
+		second := b.connect(t, c)
+		info := second.Info()
+		t.Logf("%s: %s %s, resumed %v", b.name, info.TLSVersion, info.CipherSuite, info.Resumed)
+		if !info.Resumed {
+			t.Errorf("second connection did not resume the TLS session (%s)", info.TLSVersion)
+		}
+		secs, errs, err := second.GetSecrets(context.Background(), ks.ids)
+		if err != nil || errs[0] != nil || !secs[0].Equal(ks.values[0]) {
+			t.Fatalf("Get over a resumed session: %v %v", errs, err)
+		}
+		secs[0].Zero()
+	})
+}
