@@ -17,7 +17,7 @@ import (
 )
 
 // maxParallelConnects bounds the NVMe/TCP connects in flight at once.
-const maxParallelConnects = 8
+const maxParallelConnects = 16
 
 // stepModules loads the kernel modules the image ships, in the order the
 // image builder recorded.

@@ -94,7 +94,7 @@ func (r *Rig) Guest(o GuestOptions) qemu.Config {
 		Name:    o.Name,
 		Kernel:  o.Kernel,
 		Initrd:  o.Initrd,
-		Cmdline: append([]string{"quiet"}, o.Cmdline...),
+		Cmdline: append([]string{"quiet", "loglevel=3"}, o.Cmdline...),
 		Net:     &qemu.UserNet{Forwards: fw},
 		Drives:  []qemu.Drive{{Path: o.Medium, Interface: "nvme", Serial: "SEDBOOTMEDIUM"}},
 		Timeout: timeout,
