@@ -149,13 +149,13 @@ func (c *Client) Fetch(ctx context.Context, req FetchRequest) (*FetchResult, err
 		}
 		if len(errs) > 0 {
 			a.KeyErrors = map[string]string{}
-			var all []error
+			pe := &partialError{wanted: len(want)}
 			for name, e := range errs {
 				keyErrs[name] = append(keyErrs[name], e)
 				a.KeyErrors[name] = e.Error()
-				all = append(all, e)
+				pe.errs = append(pe.errs, e)
 			}
-			return false, errors.Join(all...)
+			return false, pe
 		}
 		return true, nil
 	})
@@ -175,6 +175,19 @@ func (c *Client) Fetch(ctx context.Context, req FetchRequest) (*FetchResult, err
 	}
 	return res, nil
 }
+
+// partialError is an attempt that supplied only some keys; the per-key
+// errors are in the attempt's KeyErrors.
+type partialError struct {
+	wanted int
+	errs   []error
+}
+
+func (e *partialError) Error() string {
+	return fmt.Sprintf("%d of %d keys not supplied (see key_errors)", len(e.errs), e.wanted)
+}
+
+func (e *partialError) Unwrap() []error { return e.errs }
 
 // fetchFrom gets keys from one server. It returns the secrets obtained,
 // their identifiers, per-key errors, and an error when the server could
