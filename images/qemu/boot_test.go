@@ -196,7 +196,7 @@ func alive(pid int) bool {
 	// The state follows the parenthesised command name.
 	s := string(stat)
 	i := strings.LastIndexByte(s, ')')
-	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
+	return i < 0 || i+2 >= len(s) || (s[i+2] != 'Z' && s[i+2] != 'X')
 }
 
 // BenchmarkBoot measures a guest's boot: QEMU start to the first line of

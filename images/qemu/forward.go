@@ -113,11 +113,40 @@ func liveHelpers(dir string) []int {
 	return pids
 }
 
-// killHelpers kills every live helper registered in dir.
+// helperExitWait bounds how long killHelpers waits for killed helpers to
+// be gone.
+const helperExitWait = 10 * time.Second
+
+// killHelpers kills every live helper registered in dir and waits until
+// they are gone: exited, or zombies that nobody reaps (their parent is
+// whatever adopted them when QEMU's spawner let go).
 func killHelpers(dir string, log *slog.Logger) {
-	for _, pid := range liveHelpers(dir) {
+	pids := liveHelpers(dir)
+	for _, pid := range pids {
 		if err := syscall.Kill(pid, syscall.SIGKILL); err == nil {
 			log.Debug("killed forward helper", "pid", pid)
 		}
 	}
+	deadline := time.Now().Add(helperExitWait)
+	for _, pid := range pids {
+		for !processGone(pid) {
+			if time.Now().After(deadline) {
+				log.Warn("forward helper survives SIGKILL", "pid", pid)
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+}
+
+// processGone reports whether pid has exited (no process, or a zombie).
+func processGone(pid int) bool {
+	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return true
+	}
+	// The state follows the parenthesised command name.
+	s := string(stat)
+	i := strings.LastIndexByte(s, ')')
+	return i >= 0 && i+2 < len(s) && (s[i+2] == 'Z' || s[i+2] == 'X')
 }
