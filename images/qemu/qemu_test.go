@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/sedboot/sedboot/images/filelock"
 )
 
 func validConfig(t *testing.T) Config {
@@ -273,5 +275,62 @@ func TestStartRejectsBadConfigWithoutStarting(t *testing.T) {
 	c.Net.Forwards[0].Host = "8.8.8.8:53"
 	if _, err := Start(context.Background(), c); err == nil || !strings.Contains(err.Error(), "loopback") {
 		t.Fatalf("Start = %v, want the non-loopback forward refused", err)
+	}
+}
+
+// A caller waiting for two slots is served before later callers that want
+// one, instead of losing every freed slot to them.
+func TestReserveSlotsQueuesFairly(t *testing.T) {
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	first, err := reserveSlots(ctx, dir, 2, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair := make(chan []*filelock.Held, 1)
+	go func() {
+		p, err := reserveSlots(ctx, dir, 2, 2)
+		if err != nil {
+			t.Error(err)
+		}
+		pair <- p
+	}()
+	// Wait until the pair waits at the head of the queue (holds the gate).
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		g, err := filelock.TryLock(filepath.Join(dir, "gate"))
+		if errors.Is(err, filelock.ErrBusy) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		g.Unlock()
+		if time.Now().After(deadline) {
+			t.Fatal("the pair never queued")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Without the queue, this caller would grab the slot freed below and
+	// the pair would wait until the context's deadline.
+	single := make(chan []*filelock.Held, 1)
+	go func() {
+		s, err := reserveSlots(ctx, dir, 2, 1)
+		if err != nil {
+			t.Error(err)
+		}
+		single <- s
+	}()
+	time.Sleep(200 * time.Millisecond) // let the single caller start polling
+	release(first)
+	p := <-pair
+	if len(p) != 2 {
+		t.Fatalf("pair got %d slots", len(p))
+	}
+	release(p)
+	if s := <-single; len(s) != 1 {
+		t.Fatalf("single got %d slots after the pair finished", len(s))
+	} else {
+		release(s)
 	}
 }

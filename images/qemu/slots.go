@@ -33,7 +33,10 @@ func maxGuests() int {
 
 // reserveSlots takes n guest slots, all or none, waiting while ctx allows.
 // Taking them all at once (and giving back a partial set) means callers
-// that each need several never deadlock holding some.
+// that each need several never deadlock holding some. Waiters queue on a
+// gate lock, so a caller that needs two is not starved by a stream of
+// callers that need one: while it waits at the head, nobody else takes a
+// slot that frees up.
 func reserveSlots(ctx context.Context, dir string, limit, n int) ([]*filelock.Held, error) {
 	if n > limit {
 		return nil, fmt.Errorf("%d guests at once requested, but at most %d may run on this host (SEDBOOT_QEMU_MAX_GUESTS)", n, limit)
@@ -43,6 +46,11 @@ func reserveSlots(ctx context.Context, dir string, limit, n int) ([]*filelock.He
 	}
 	os.Chmod(dir, 0o777|os.ModeSticky) // shared by every user's tests; best effort
 	waited := time.Now()
+	gate, err := filelock.Lock(ctx, filepath.Join(dir, "gate"))
+	if err != nil {
+		return nil, fmt.Errorf("waiting for the guest slot queue: %w", err)
+	}
+	defer gate.Unlock()
 	for attempt := 0; ; attempt++ {
 		var held []*filelock.Held
 		for i := 0; i < limit && len(held) < n; i++ {
