@@ -127,11 +127,12 @@ type Array struct {
 	// Agent is a KMIP client with the array's own identity (the boot
 	// agent's certificate). When nil, AgentClient(Doc) is used.
 	Agent *kms.Client
-	// Progress receives progress events; nil discards them.
+	// Progress receives progress events, one call at a time; nil
+	// discards them.
 	Progress func(Event)
-	// Hook, when set, is called at every journal point (after the
-	// journal was written) and after every step a drive reports; an error
-	// stops the operation there with that error (crash injection).
+	// Hook, when set, is called (one call at a time) at every journal
+	// point, after the journal was written, and after every step a drive
+	// reports; an error stops the operation there (crash injection).
 	Hook func(point string) error
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
@@ -142,6 +143,7 @@ type Array struct {
 	Concurrency int
 
 	mu       sync.Mutex // serialises document writes
+	cbMu     sync.Mutex // serialises Progress and Hook calls
 	op       string
 	kmsStats Stats
 }
@@ -179,6 +181,8 @@ func (a *Array) progress(step, drive, server, format string, args ...any) {
 	ev := Event{Op: a.op, Step: step, Drive: drive, Server: server, Msg: fmt.Sprintf(format, args...)}
 	a.log().Debug("progress", "op", ev.Op, "step", ev.Step, "drive", ev.Drive, "server", ev.Server, "msg", ev.Msg)
 	if a.Progress != nil {
+		a.cbMu.Lock()
+		defer a.cbMu.Unlock()
 		a.Progress(ev)
 	}
 }
@@ -188,7 +192,10 @@ func (a *Array) hook(point string) error {
 	if a.Hook == nil {
 		return nil
 	}
-	if err := a.Hook(point); err != nil {
+	a.cbMu.Lock()
+	err := a.Hook(point)
+	a.cbMu.Unlock()
+	if err != nil {
 		return fmt.Errorf("%w at %q: %w", ErrInterrupted, point, err)
 	}
 	return nil

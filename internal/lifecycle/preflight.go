@@ -358,51 +358,74 @@ func checkDriveKey(ctx context.Context, d *sed.Drive, serial string, key *secret
 	return kc.Generation, nil
 }
 
-// verdict decides and names the broken pieces.
+// verdict decides and names the broken pieces. A server that cannot be
+// used is a warning while the other servers supply a key that opens every
+// drive present, and a failure otherwise.
 func (a *Array) verdict(r *PreflightReport, ds *driveSet, inv []string) {
 	fail, warn := false, false
-	for _, c := range r.Checks {
-		switch c.Result {
-		case ResultFail:
-			fail = true
-			r.broken("%s %s: %s", c.Area, c.Subject, c.Detail)
-		case ResultWarn:
-			warn = true
-		}
+	type driveView struct {
+		ok  int
+		bad []string
 	}
-	// Servers that failed as a whole were named above; now the drives.
+	views := map[string]*driveView{}
+	covered := true
 	for _, d := range inv {
-		ok := 0
-		var bad []string
+		v := &driveView{}
+		views[d] = v
 		for _, c := range r.Matrix {
 			if c.Drive != d {
 				continue
 			}
 			switch c.Result {
 			case ResultOK:
-				ok++
-			case CellUnreachable:
-			case CellAbsent:
+				v.ok++
+			case CellUnreachable, CellAbsent:
 			default:
-				bad = append(bad, fmt.Sprintf("%s: %s (%s)", c.Server, c.Result, c.Detail))
+				v.bad = append(v.bad, fmt.Sprintf("%s: %s (%s)", c.Server, c.Result, c.Detail))
 			}
 		}
+		if ds.bySerial[d] != nil && v.ok == 0 {
+			covered = false
+		}
+	}
+	for _, c := range r.Checks {
+		switch {
+		case c.Result == ResultFail && (c.Area == "server" || c.Area == "keys") && covered && len(inv) > 0:
+			warn = true
+			r.broken("%s %s: %s (the other key servers cover every drive)", c.Area, c.Subject, c.Detail)
+		case c.Result == ResultFail:
+			fail = true
+			r.broken("%s %s: %s", c.Area, c.Subject, c.Detail)
+		case c.Result == ResultWarn:
+			warn = true
+		}
+	}
+	usable := 0
+	for _, srv := range r.Servers {
+		for _, c := range r.Matrix {
+			if c.Server == srv && c.Result != CellUnreachable {
+				usable++
+				break
+			}
+		}
+	}
+	if len(inv) > 0 && usable == 0 {
+		fail = true
+		r.broken("no key server could be used: no drive would be unlocked")
+	}
+	for _, d := range inv {
+		v := views[d]
 		if ds.bySerial[d] == nil {
 			warn = true
 			r.add("drive", "drive "+d, ResultWarn, "in the key inventory but not present")
 			continue
 		}
-		if len(bad) > 0 {
+		if len(v.bad) > 0 {
 			fail = true
-			r.broken("drive %s: %s", d, strings.Join(bad, "; "))
-		}
-		if ok == 0 {
+			r.broken("drive %s: %s", d, strings.Join(v.bad, "; "))
+		} else if v.ok == 0 && usable > 0 {
 			fail = true
-			if len(bad) == 0 {
-				r.broken("drive %s: no key server supplies a key that opens it", d)
-			}
-		} else if ok < len(r.Servers) && len(bad) == 0 {
-			warn = true // a server is down; another covers
+			r.broken("drive %s: no key server supplies a key that opens it", d)
 		}
 	}
 	switch {

@@ -14,14 +14,22 @@ import (
 	"github.com/sedboot/sedboot/internal/sed"
 )
 
-// BackupKeys fetches the keys of every generation that is not retired
+// BackupKeys fetches the keys of every generation a drive may hold
 // (administrator identity) into a backup set, after checking that for
 // every drive present some key of the set matches the drive's key
 // verifier: a backup that would not open a drive is refused. The caller
 // writes the set with backup.Write and zeroes it.
 func (a *Array) BackupKeys(ctx context.Context) (_ *backup.Set, err error) {
 	a.begin("backup")
-	gens := liveGenerations(a.Doc)
+	// The generations a drive may hold: active and pending, and the one
+	// a journaled operation replaces. Retiring keys are deactivated on
+	// the servers and open nothing.
+	var gens []*config.Generation
+	for _, g := range liveGenerations(a.Doc) {
+		if g.State == config.GenActive || g.State == config.GenPending || a.Doc.Journal != nil && a.Doc.Journal.From == g.Number {
+			gens = append(gens, g)
+		}
+	}
 	if len(gens) == 0 {
 		return nil, ErrNotEnabled
 	}
