@@ -421,6 +421,20 @@ func liveGenerations(doc *config.Document) []*config.Generation {
 	return out
 }
 
+// openingGenerations returns the generations whose keys a drive may
+// hold, newest first: active and pending, and the one a journaled
+// operation replaces. Retiring keys are deactivated on the key servers and
+// open nothing.
+func openingGenerations(doc *config.Document) []*config.Generation {
+	var out []*config.Generation
+	for _, g := range liveGenerations(doc) {
+		if g.State == config.GenActive || g.State == config.GenPending || doc.Journal != nil && doc.Journal.From == g.Number {
+			out = append(out, g)
+		}
+	}
+	return out
+}
+
 // runDrives runs f on every serial with at most n at once and returns the
 // errors joined, in the order of serials.
 func runDrives(ctx context.Context, n int, serials []string, f func(ctx context.Context, serial string) error) error {

@@ -84,7 +84,7 @@ func (a *Array) lockOrUnlock(ctx context.Context, lock bool, opts LockOptions) (
 	a.begin(map[bool]string{true: "lock", false: "unlock"}[lock])
 	res := &LockResult{Array: a.Doc.Array.Serial}
 	defer func() { res.KMS, res.Elapsed = a.kmsStats, time.Since(t0) }()
-	if a.Doc.Mode != config.ModeExternal || len(liveGenerations(a.Doc)) == 0 {
+	if a.Doc.Mode != config.ModeExternal || len(openingGenerations(a.Doc)) == 0 {
 		return res, ErrNotEnabled
 	}
 	if a.Admin == nil {
@@ -124,13 +124,14 @@ func (a *Array) lockOrUnlock(ctx context.Context, lock bool, opts LockOptions) (
 	return res, nil
 }
 
-// liveKeys returns the array's keys of every generation not retired, with
-// their identifiers on srv (looked up where the inventory has none).
+// liveKeys returns the array's keys that may open a drive (see
+// openingGenerations), with their identifiers on srv (looked up where the
+// inventory has none).
 func (a *Array) liveKeys(ctx context.Context, c *kms.Conn, srv string) ([]config.DriveKey, []string, error) {
 	var dks []config.DriveKey
 	var ids []string
 	var lookup []string
-	for _, g := range liveGenerations(a.Doc) {
+	for _, g := range openingGenerations(a.Doc) {
 		for _, dk := range g.Drives {
 			dks = append(dks, dk)
 			ids = append(ids, dk.IDs[srv])

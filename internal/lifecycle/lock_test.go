@@ -24,6 +24,11 @@ func TestLockUnlock(t *testing.T) {
 	ctx := testCtx(t)
 	r := newRig(t, rigOptions{drives: 2, servers: 2})
 	r.enable(ctx)
+	// After a rotation, generation 1 is retiring (deactivated): the lock
+	// concerns the keys that open the drives.
+	if _, err := r.open().Rotate(ctx, RotateOptions{DestroyAfter: DefaultDestroyAfter}); err != nil {
+		t.Fatal(err)
+	}
 
 	res, err := r.open().Lock(ctx, LockOptions{})
 	if err != nil {
@@ -70,7 +75,7 @@ func TestLockUnlock(t *testing.T) {
 			t.Fatalf("unlock %+v", sl)
 		}
 	}
-	r.bootAll(ctx, 1, 0)
+	r.bootAll(ctx, 2, 0)
 	if st, _ := r.open().Status(ctx, StatusOptions{}); st.Servers[0].Lock != "released" {
 		t.Fatalf("status after unlock: %+v", st.Servers[0])
 	}

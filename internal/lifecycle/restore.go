@@ -21,15 +21,7 @@ import (
 // writes the set with backup.Write and zeroes it.
 func (a *Array) BackupKeys(ctx context.Context) (_ *backup.Set, err error) {
 	a.begin("backup")
-	// The generations a drive may hold: active and pending, and the one
-	// a journaled operation replaces. Retiring keys are deactivated on
-	// the servers and open nothing.
-	var gens []*config.Generation
-	for _, g := range liveGenerations(a.Doc) {
-		if g.State == config.GenActive || g.State == config.GenPending || a.Doc.Journal != nil && a.Doc.Journal.From == g.Number {
-			gens = append(gens, g)
-		}
-	}
+	gens := openingGenerations(a.Doc)
 	if len(gens) == 0 {
 		return nil, ErrNotEnabled
 	}

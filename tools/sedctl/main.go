@@ -14,6 +14,8 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+
+	"github.com/sedboot/sedboot/internal/sed"
 )
 
 // command is one sedctl subcommand.
@@ -30,6 +32,9 @@ type env struct {
 	stderr io.Writer
 	// getenv reads the environment (os.Getenv in production).
 	getenv func(string) string
+	// drives, when set, supplies the drives instead of enumerating the
+	// machine's (tests pass simulated drives).
+	drives func(ctx context.Context) ([]*sed.Drive, error)
 }
 
 // exitError carries an exit status without an extra message.
@@ -49,6 +54,17 @@ func commands() []command {
 		{"medium export", "write the boot-medium document to a JSON file for editing", cmdMediumExport},
 		{"medium import", "replace the boot-medium document with an edited JSON file", cmdMediumImport},
 		{"technician set", "set the recovery-shell technician credential", cmdTechnicianSet},
+		{"drives", "list the drives with model, serial, path, Opal state and lock state", cmdDrives},
+		{"kms check", "test every key server: TLS, KMIP, and what it supports and enforces", cmdKMSCheck},
+		{"enable", "enable encryption (irreversible): per-drive keys on the key servers", cmdEnable},
+		{"status", "mode, key generation, drives and key servers", cmdStatus},
+		{"rotate", "replace every drive's key with a new generation (journaled, live)", cmdRotate},
+		{"backup create", "write the array's keys to a passphrase-protected file", cmdBackupCreate},
+		{"backup restore", "register the keys of a backup file on the key servers", cmdBackupRestore},
+		{"lock", "cryptographic lock: make the key servers stop releasing the keys, and prove it", cmdLock},
+		{"unlock", "undo the cryptographic lock where reversible, and prove it", cmdUnlock},
+		{"preflight", "rehearse the boot path without changing anything", cmdPreflight},
+		{"unlock-drive", "unlock a drive with its key from a backup file (recovery shell)", cmdUnlockDrive},
 	}
 }
 
