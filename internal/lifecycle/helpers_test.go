@@ -111,6 +111,8 @@ type rig struct {
 
 type rigOptions struct {
 	drives, servers int
+	// rtt puts a delaying proxy in front of every key server.
+	rtt time.Duration
 	// extraServers are (name, address) pairs added to the document as
 	// they are (e.g. a PyKMIP server with its own CA: see pykmipRig).
 	docHook func(*config.Document)
@@ -144,6 +146,11 @@ func newRig(t testing.TB, o rigOptions) *rig {
 		t.Fatal(err)
 	}
 	doc := r.document()
+	if o.rtt > 0 {
+		for i := range doc.KMS.Servers {
+			doc.KMS.Servers[i].Address = delayProxy(t, doc.KMS.Servers[i].Address, o.rtt)
+		}
+	}
 	if o.docHook != nil {
 		o.docHook(doc)
 	}
@@ -173,9 +180,81 @@ func (r *rig) document() *config.Document {
 		Technician: config.Technician{Hash: h},
 	}
 	for _, s := range r.servers {
-		doc.KMS.Servers = append(doc.KMS.Servers, config.Server{Name: s.name, Address: s.addr})
+		doc.KMS.Servers = append(doc.KMS.Servers, config.Server{Name: s.name, Address: s.addr, ServerName: "127.0.0.1"})
 	}
 	return doc
+}
+
+// delayProxy relays TCP connections to target, delaying each chunk by
+// half the round-trip time in each direction (a key server far away).
+func delayProxy(t testing.TB, target string, rtt time.Duration) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	pipe := func(dst, src net.Conn) {
+		defer wg.Done()
+		type chunk struct {
+			at time.Time
+			b  []byte
+		}
+		q := make(chan chunk, 256)
+		go func() {
+			for c := range q {
+				time.Sleep(time.Until(c.at))
+				if _, err := dst.Write(c.b); err != nil {
+					break
+				}
+			}
+			dst.Close()
+		}()
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := src.Read(buf)
+			if n > 0 {
+				q <- chunk{time.Now().Add(rtt / 2), append([]byte(nil), buf[:n]...)}
+			}
+			if err != nil {
+				close(q)
+				return
+			}
+		}
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			mu.Lock()
+			conns = append(conns, c, s)
+			mu.Unlock()
+			wg.Add(2)
+			go pipe(s, c)
+			go pipe(c, s)
+		}
+	}()
+	t.Cleanup(func() {
+		l.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return l.Addr().String()
 }
 
 func (r *rig) writeDoc(doc *config.Document) {

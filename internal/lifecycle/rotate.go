@@ -412,10 +412,17 @@ func (a *Array) destroy(ctx context.Context, g *config.Generation) (RetireResult
 			if id == "" {
 				continue
 			}
-			if err := revoke(ctx, c, id, kms.RevokeSuperseded, fmt.Sprintf("generation %d retired", g.Number)); err != nil {
-				return rr, fmt.Errorf("destroy key %s on %s: revoke: %w", dk.Name, srv, err)
+			// Normally deactivated at the end of the rotation; a key
+			// still active (that step failed on this server) is revoked
+			// first.
+			err := c.Destroy(ctx, id)
+			if errors.Is(err, kms.ErrDenied) {
+				if err = revoke(ctx, c, id, kms.RevokeSuperseded, fmt.Sprintf("generation %d retired", g.Number)); err != nil {
+					return rr, fmt.Errorf("destroy key %s on %s: revoke: %w", dk.Name, srv, err)
+				}
+				err = c.Destroy(ctx, id)
 			}
-			if err := c.Destroy(ctx, id); err != nil && !errors.Is(err, kms.ErrNotFound) {
+			if err != nil && !errors.Is(err, kms.ErrNotFound) {
 				return rr, fmt.Errorf("destroy key %s on %s: %w", dk.Name, srv, err)
 			}
 		}
