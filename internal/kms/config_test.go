@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/ovh/kmip-go"
+	"github.com/ovh/kmip-go/payloads"
 )
 
 func TestConfigValidate(t *testing.T) {
@@ -83,5 +84,27 @@ func TestErrors(t *testing.T) {
 	}
 	if ReasonOf(e) != "Permission Denied" {
 		t.Errorf("ReasonOf = %q", ReasonOf(e))
+	}
+}
+
+// TestRequestsCarryNoTimeStamp: a request stamped with the controller's
+// clock is refused by servers that compare it with theirs (PyKMIP: one
+// second ahead or a minute behind), so requests carry none.
+func TestRequestsCarryNoTimeStamp(t *testing.T) {
+	for _, n := range []int{1, 3} {
+		var pls []kmip.OperationPayload
+		for i := 0; i < n; i++ {
+			pls = append(pls, &payloads.GetRequestPayload{UniqueIdentifier: "1"})
+		}
+		msg := newRequest(kmip.V1_4, pls...)
+		if msg.Header.TimeStamp != nil {
+			t.Fatalf("%d-item request carries a time stamp", n)
+		}
+		if int(msg.Header.BatchCount) != n || len(msg.BatchItem) != n {
+			t.Fatalf("%d-item request has batch count %d and %d items", n, msg.Header.BatchCount, len(msg.BatchItem))
+		}
+		if cont := msg.Header.BatchErrorContinuationOption; (n > 1) != (cont == kmip.BatchErrorContinuationOptionContinue) {
+			t.Fatalf("%d-item request: batch error continuation %v", n, cont)
+		}
 	}
 }

@@ -45,15 +45,28 @@ func (s *Conn) Close() error {
 	return nil
 }
 
+// newRequest builds a request message of one batch item per payload.
+//
+// It carries no Time Stamp. The header field is optional, and servers that
+// check it (PyKMIP refuses a request stamped even one second in its future,
+// or more than a minute in its past) would make a controller whose clock
+// drifts unable to fetch its keys at boot. TLS already protects against
+// replays.
+func newRequest(version kmip.ProtocolVersion, pls ...kmip.OperationPayload) kmip.RequestMessage {
+	msg := kmip.NewRequestMessage(version, pls...)
+	msg.Header.TimeStamp = nil
+	if len(pls) > 1 {
+		msg.Header.BatchErrorContinuationOption = kmip.BatchErrorContinuationOptionContinue
+	}
+	return msg
+}
+
 // roundtrip sends payloads as one request (one batch item each) and
 // returns the batch items in request order. A failure of the whole
 // request (transport, or a server error answered for the message as a
 // whole) is returned as an *Error.
 func (s *Conn) roundtrip(ctx context.Context, op, key string, pls ...kmip.OperationPayload) ([]kmip.ResponseBatchItem, error) {
-	msg := kmip.NewRequestMessage(s.version, pls...)
-	if len(pls) > 1 {
-		msg.Header.BatchErrorContinuationOption = kmip.BatchErrorContinuationOptionContinue
-	}
+	msg := newRequest(s.version, pls...)
 	s.requests.Add(1)
 	t0 := time.Now()
 	resp, err := s.t.roundtrip(ctx, &msg)
