@@ -165,7 +165,7 @@ func (a *Array) lockServer(ctx context.Context, srv kms.Server, agent *kms.Clien
 		return err
 	}
 	defer a.release(c)
-	ac, err := a.connect(ctx, agent, srv)
+	ac, err := a.connect(ctx, agent, serverByLabel(agent, srv.Label()))
 	if err != nil {
 		return fmt.Errorf("array identity: %w", err)
 	}
@@ -393,7 +393,7 @@ func (a *Array) unlockServer(ctx context.Context, srv kms.Server, agent *kms.Cli
 		}
 		want[liveDKs[i].Name] = s
 	}
-	ac, err := a.connect(ctx, agent, srv)
+	ac, err := a.connect(ctx, agent, serverByLabel(agent, srv.Label()))
 	if err != nil {
 		return fmt.Errorf("array identity: %w", err)
 	}

@@ -149,7 +149,15 @@ func (a *Array) Status(ctx context.Context, opts StatusOptions) (*Status, error)
 		}
 	}
 	if a.Doc.KMS != nil {
-		for _, srv := range Servers(a.Doc) {
+		// The clients' server lists: the same servers as the document's,
+		// possibly reached under other addresses (a test host, a proxy).
+		servers := Servers(a.Doc)
+		if a.Admin != nil {
+			servers = a.Admin.Servers()
+		} else if ag, err := a.agent(); err == nil {
+			servers = ag.Servers()
+		}
+		for _, srv := range servers {
 			st.Servers = append(st.Servers, a.serverStatus(ctx, srv))
 		}
 	}
@@ -275,7 +283,7 @@ func (a *Array) serverStatus(ctx context.Context, srv kms.Server) ServerStatus {
 	}
 	// What the array's identity obtains is the lock state that counts.
 	if ac, err := a.agent(); err == nil && len(actIDs) > 0 {
-		if conn, err := a.connect(ctx, ac, srv); err == nil {
+		if conn, err := a.connect(ctx, ac, serverByLabel(ac, srv.Label())); err == nil {
 			secs, gerrs, err := conn.GetSecrets(ctx, actIDs)
 			a.release(conn)
 			if err == nil {

@@ -116,10 +116,10 @@ func cmdDrives(ctx context.Context, e *env, args []string) error {
 		return nil
 	}
 	w := table(e)
-	fmt.Fprintln(w, "PATH\tMODEL\tSERIAL\tKIND\tOPAL\tLOCKING\tLOCKED\tGENERATION")
+	fmt.Fprintln(w, "PATH\tMODEL\tSERIAL\tKIND\tOPAL\tSTATE\tGENERATION")
 	for _, r := range rows {
 		if r.Error != "" {
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t(%s)\t\t\t\n", r.Path, r.Model, r.Serial, r.Kind, r.Error)
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t(%s)\t\t\n", r.Path, r.Model, r.Serial, r.Kind, r.Error)
 			continue
 		}
 		opal := "no"
@@ -133,11 +133,14 @@ func cmdDrives(ctx context.Context, e *env, args []string) error {
 				gen += " (change in progress)"
 			}
 		}
-		locking := "disabled"
-		if r.Locking {
-			locking = "enabled"
+		state := "locking not enabled"
+		switch {
+		case r.Locking && r.Locked:
+			state = "locked"
+		case r.Locking:
+			state = "unlocked"
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Path, r.Model, r.Serial, r.Kind, opal, locking, yesNo(r.Locked), gen)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Path, r.Model, r.Serial, r.Kind, opal, state, gen)
 	}
 	return w.Flush()
 }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -128,7 +129,7 @@ func TestKeyLifecycleCommands(t *testing.T) {
 	a, _ := kmsdArray(t, 3)
 
 	r := a.run("", "drives")
-	if r.code != 0 || strings.Count(r.stdout, "Opal 2") != 3 || !strings.Contains(r.stdout, "disabled") || !strings.Contains(r.stdout, "S01") {
+	if r.code != 0 || strings.Count(r.stdout, "Opal 2") != 3 || strings.Count(r.stdout, "locking not enabled") != 3 || !strings.Contains(r.stdout, "S01") {
 		t.Fatalf("drives: %+v", r)
 	}
 	r = a.run("", a.admin("kms", "check")...)
@@ -224,6 +225,9 @@ func TestKeyLifecycleCommands(t *testing.T) {
 	if r := a.run("", "drives", "--json"); strings.Count(r.stdout, `"locked": true`) != 2 {
 		t.Fatalf("after unlock-drive: %s", r.stdout)
 	}
+	if r := a.run("", "drives"); !regexpMatch(`S01 .* locked `, r.stdout) || !regexpMatch(`S02 .* unlocked `, r.stdout) {
+		t.Fatalf("drives after unlock-drive:\n%s", r.stdout)
+	}
 	if r := a.run(pass+"\n", "unlock-drive", "--backup", file, "--drive", "NOPE"); r.code != 1 || !strings.Contains(r.stderr, `no drive "NOPE"`) {
 		t.Fatalf("unlock-drive of an unknown drive: %+v", r)
 	}
@@ -253,6 +257,8 @@ func TestKeyLifecycleCommands(t *testing.T) {
 		t.Fatalf("preflight with a server down: %+v", r)
 	}
 }
+
+func regexpMatch(re, s string) bool { return regexp.MustCompile(re).MatchString(s) }
 
 func TestCommandUsage(t *testing.T) {
 	tests := []struct {
