@@ -222,7 +222,7 @@ func (c *conn) enableSID(req EnableRequest, v *Verifier, progress func(Step), re
 }
 
 // enableAdmin1 sets Admin1, the key verifier, the DataStore ACE and the
-// global range.
+// global range, in that order.
 func (c *conn) enableAdmin1(req EnableRequest, serial string, v *Verifier, activated bool, progress func(Step), res *EnableResult) (err error) {
 	ours := candidate{"Admin1 key", req.Admin1}
 	fromSID := candidate{"SID key (Admin1 after activation)", req.SID}
@@ -278,11 +278,6 @@ func (c *conn) enableAdmin1(req EnableRequest, serial string, v *Verifier, activ
 	if shared && !wasPublic {
 		progress(StepShareDataStore)
 	}
-	if changed, err := s.ensureGlobalRange(); err != nil {
-		return err
-	} else if changed {
-		progress(StepConfigure)
-	}
 	if admin1Changed {
 		if err := s.setPIN(Admin1, req.Admin1); err != nil {
 			return err
@@ -296,6 +291,14 @@ func (c *conn) enableAdmin1(req EnableRequest, serial string, v *Verifier, activ
 		if s, res.Admin1Tries, _, err = c.authSessionNoVerifier(Admin1, req.Admin1); err != nil {
 			return fmt.Errorf("verify new Admin1 credential: %w", err)
 		}
+	}
+	// Lock on power cycle only once Admin1 holds its final credential: a
+	// power cut before this point leaves a drive that does not lock, never
+	// one locked under the interim credential.
+	if changed, err := s.ensureGlobalRange(); err != nil {
+		return err
+	} else if changed {
+		progress(StepConfigure)
 	}
 	if changed, err := s.ensureVerifier(final); err != nil {
 		return err

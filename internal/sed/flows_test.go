@@ -23,7 +23,7 @@ func enableReq(k keys, gen uint64) EnableRequest {
 	return EnableRequest{SID: k.sid, Admin1: k.admin1, ArraySerial: "ARRAY-0001", Generation: gen}
 }
 
-var allEnableSteps = []Step{StepOwnership, StepActivate, StepVerifierPending, StepShareDataStore, StepConfigure, StepAdmin1, StepVerifier}
+var allEnableSteps = []Step{StepOwnership, StepActivate, StepVerifierPending, StepShareDataStore, StepAdmin1, StepConfigure, StepVerifier}
 
 func mustEnable(t *testing.T, ctx context.Context, d *Drive, k keys) EnableResult {
 	t.Helper()
