@@ -411,7 +411,19 @@ func (a *Agent) stepUnlock(ctx context.Context) error {
 	for _, k := range a.fetched.Keys {
 		byDrive[k.Drive] = append(byDrive[k.Drive], k)
 	}
-	need := a.keyedDrives()
+	var need []*driveState
+	for _, d := range a.keyedDrives() {
+		if d.sum.Locked {
+			need = append(need, d)
+			continue
+		}
+		// Locking is enabled but nothing is locked after power-on: the
+		// drive does not lock on power cycle (an interrupted enable), so
+		// there is nothing to unlock, and it protects nothing.
+		d.rec.Error = "locking enabled but not locked at power-on: lock on power cycle is not configured (finish it with sedctl enable)"
+		a.record.SetDrive(d.rec)
+		a.Printf("  %-8s %-20s WARNING: not locked at power-on; lock on power cycle is not configured (run sedctl enable again)", d.name(), d.serial)
+	}
 	var wg sync.WaitGroup
 	for _, d := range need {
 		ks := byDrive[d.serial]
@@ -462,7 +474,8 @@ func (a *Agent) unlockOne(ctx context.Context, d *driveState, ks []keysource.Key
 	start := time.Now()
 	defer func() { d.rec.Latency = time.Since(start) }()
 	var lastErr error
-	for _, k := range ks {
+	retried := false
+	for i, k := range ks {
 		pin, err := keys.PIN(k.Secret, keys.RoleAdmin1, d.serial)
 		k.Secret.Zero()
 		if err != nil {
@@ -496,7 +509,18 @@ func (a *Agent) unlockOne(ctx context.Context, d *driveState, ks []keysource.Key
 		if errors.Is(err, sed.ErrVerifierMismatch) {
 			continue // not presented: the next candidate may match
 		}
-		break // presented and refused, or refused by the guard: no second presentation
+		if errors.Is(err, sed.ErrWrongCredential) && res.Check.Pending && !retried && i+1 < len(ks) {
+			// The drive's verifier records a credential change in
+			// progress (a rotation or enable cut short): it admits both
+			// generations, and only the drive knows which one it holds.
+			// This refusal was the one wrong presentation that costs;
+			// the other generation is the drive's credential.
+			retried = true
+			d.drive.ResetGuard(sed.Admin1)
+			a.Printf("  %-8s %-20s generation %d refused during an interrupted key change; trying generation %d", d.name(), d.serial, k.Generation, ks[i+1].Generation)
+			continue
+		}
+		break // presented and refused, or refused by the guard: no further presentation
 	}
 	for _, rest := range ks {
 		rest.Secret.Zero()
