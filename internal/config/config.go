@@ -166,10 +166,13 @@ const (
 
 // Generation is one generation of drive keys.
 type Generation struct {
-	Number  int        `json:"number"`
-	Created time.Time  `json:"created"`
-	State   string     `json:"state"`
-	Drives  []DriveKey `json:"drives"`
+	Number  int       `json:"number"`
+	Created time.Time `json:"created"`
+	State   string    `json:"state"`
+	// Retiring is when the generation stopped opening drives (it became
+	// retiring); its keys are destroyed a configured delay after that.
+	Retiring time.Time  `json:"retiring,omitzero"`
+	Drives   []DriveKey `json:"drives"`
 }
 
 // DriveKey names one drive's key of one generation.

@@ -212,7 +212,8 @@ func (a *Array) rotateDrives(ctx context.Context, ds *driveSet, from, to *config
 	}
 	return a.update("rotation verified", func(d *config.Document) {
 		d.Keys.Generation(to.Number).State = config.GenActive
-		d.Keys.Generation(from.Number).State = config.GenRetiring
+		old := d.Keys.Generation(from.Number)
+		old.State, old.Retiring = config.GenRetiring, a.now().UTC()
 		d.Journal.Step = StepRetire
 	})
 }
@@ -328,7 +329,11 @@ func (a *Array) retireDue(ctx context.Context, delay time.Duration) ([]RetireRes
 		if succ == nil || succ.State != config.GenActive && succ.State != config.GenRetiring {
 			continue
 		}
-		if at := succ.Created.Add(delay); now.Before(at) {
+		since := g.Retiring
+		if since.IsZero() { // written before the field existed
+			since = succ.Created
+		}
+		if at := since.Add(delay); now.Before(at) {
 			a.progress(StepRetire, "", "", "generation %d stays deactivated until %s", g.Number, at.Format(time.RFC3339))
 			continue
 		}
