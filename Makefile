@@ -13,10 +13,11 @@ STATICCHECK_VERSION := v0.8.2
 CMDS      = $(shell $(GO) list -f '{{if eq .Name "main"}}{{.ImportPath}}{{end}}' ./tools/... ./agent/... 2>/dev/null)
 TEST_TIMEOUT ?= 60m
 
-.PHONY: help prereqs kernel build test unit lint bench fuzz demo clean
+.PHONY: help prereqs kernel build test unit lint bench fuzz demo demo-sed clean
 
 help:
 	@echo "make demo     set up and run the demo (installs what it needs)"
+	@echo "make demo-sed the software-SED life cycle alone, on the host, in seconds"
 	@echo "make test     run every test: lint, unit, interop and QEMU boot tests (installs what it needs)"
 	@echo "make build    static binaries in $(BIN)/"
 	@echo "make kernel   fetch the pinned boot kernel into build/kernel (KERNEL_DEB=FILE: use that .deb)"
@@ -67,6 +68,10 @@ fuzz:
 
 demo: prereqs build
 	@scripts/demo.sh
+
+# The software-SED life cycle on the host alone (no QEMU, a few seconds).
+demo-sed:
+	@$(GO) run ./scripts/seddemo
 
 clean:
 	rm -rf $(BIN) build

@@ -8,8 +8,7 @@ cd "$(dirname "$0")/.."
 export PATH=/usr/local/go/bin:$PATH
 echo "demo: fetching the boot kernel if it is not cached (make kernel)"
 make --no-print-directory kernel
-if [ ! -x bin/demo ]; then
-  echo "demo: building bin/demo"
-  CGO_ENABLED=0 go build -o bin/demo ./images/cmd/demo
-fi
+echo "demo: building bin/demo"
+mkdir -p bin
+CGO_ENABLED=0 go build -o bin/demo ./images/cmd/demo
 exec bin/demo "$@"
