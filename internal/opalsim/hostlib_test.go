@@ -368,3 +368,28 @@ func TestSIDIsMSID(t *testing.T) {
 		t.Fatal("a power cycle must not restore MSID")
 	}
 }
+
+// TestHostPropertiesBounded: go-tcg-storage offers 1 MiB host buffers; the
+// TPer reports the host properties it will use, bounded by the largest
+// response it ever sends, and the library then sizes its receive buffers
+// by those.
+func TestHostPropertiesBounded(t *testing.T) {
+	d, _ := testDrive(t)
+	h := newHost(t, d)
+	hp := h.cs.HostProperties
+	if hp.MaxComPacketSize != maxComPacket || hp.MaxPacketSize != maxPacket || hp.MaxIndTokenSize != maxIndToken || hp.MaxAggTokenSize != maxIndToken {
+		t.Fatalf("host properties MaxComPacketSize %d, MaxPacketSize %d, MaxIndTokenSize %d, MaxAggTokenSize %d; want %d, %d, %d, %d",
+			hp.MaxComPacketSize, hp.MaxPacketSize, hp.MaxIndTokenSize, hp.MaxAggTokenSize, maxComPacket, maxPacket, maxIndToken, maxIndToken)
+	}
+	if tp := h.cs.TPerProperties; tp.MaxComPacketSize != maxComPacket || tp.MaxResponseComPacketSize == nil || *tp.MaxResponseComPacketSize != maxComPacket {
+		t.Fatalf("TPer properties: MaxComPacketSize %d, MaxResponseComPacketSize %v", tp.MaxComPacketSize, tp.MaxResponseComPacketSize)
+	}
+	// Sessions still work with the bounded buffers.
+	s, err := h.adminSession(core.AuthorityAnybody, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -197,16 +197,21 @@ func (d *Drive) properties(cs *comState, p params) []byte {
 			return smReply(mProperties, stInvalidParameter, nil)
 		}
 	}
+	// The reply lists the host properties the TPer will use. Host buffer
+	// sizes beyond anything this TPer ever sends (its own maximum
+	// response) are reported at that maximum: a host that sizes its receive
+	// buffers by the reply, as go-tcg-storage does, then allocates 64 KiB
+	// per IF-RECV instead of the 1 MiB it asked for.
 	type hp struct {
-		name string
-		v    uint64
-		min  uint64
+		name     string
+		v        uint64
+		min, max uint64 // max 0: no bound
 	}
 	host := []hp{
-		{"MaxMethods", 1, 1}, {"MaxSubpackets", 1, 1}, {"MaxPacketSize", 2028, 2028},
-		{"MaxPackets", 1, 1}, {"MaxComPacketSize", initialHostComPk, initialHostComPk},
-		{"MaxIndTokenSize", 1992, 1992}, {"MaxAggTokenSize", 1992, 1992},
-		{"ContinuedTokens", 0, 0}, {"SequenceNumbers", 0, 0}, {"AckNak", 0, 0}, {"Asynchronous", 0, 0},
+		{"MaxMethods", 1, 1, 0}, {"MaxSubpackets", 1, 1, 0}, {"MaxPacketSize", 2028, 2028, maxPacket},
+		{"MaxPackets", 1, 1, 0}, {"MaxComPacketSize", initialHostComPk, initialHostComPk, maxComPacket},
+		{"MaxIndTokenSize", 1992, 1992, maxIndToken}, {"MaxAggTokenSize", 1992, 1992, maxIndToken},
+		{"ContinuedTokens", 0, 0, 0}, {"SequenceNumbers", 0, 0, 0}, {"AckNak", 0, 0, 0}, {"Asynchronous", 0, 0, 0},
 	}
 	if hv, ok := p.named[0]; ok {
 		if hv.Kind != token.KindList {
@@ -230,6 +235,8 @@ func (d *Drive) properties(cs *comState, p params) []byte {
 					host[i].v = 0
 				case val < host[i].min:
 					host[i].v = host[i].min
+				case host[i].max != 0 && val > host[i].max:
+					host[i].v = host[i].max
 				default:
 					host[i].v = val
 				}
@@ -237,7 +244,7 @@ func (d *Drive) properties(cs *comState, p params) []byte {
 		}
 		for _, h := range host {
 			if h.name == "MaxComPacketSize" {
-				cs.hostMaxComP = int(min(h.v, uint64(maxComPacket)))
+				cs.hostMaxComP = int(h.v)
 			}
 		}
 	}
