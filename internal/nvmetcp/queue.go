@@ -289,8 +289,17 @@ func (q *queue) receiveData(h *pduHeader) error {
 }
 
 // writePDU writes a header and optional data (with its digest when the
-// header says so) as one PDU.
+// header says so) as one PDU, and sends what is buffered.
 func (q *queue) writePDU(hdr, data []byte) error {
+	return q.putPDU(hdr, data, true)
+}
+
+// putPDU writes a PDU like writePDU; without flush it may stay in the
+// buffer until the next flush. sendData uses that so that a command's last
+// C2HData PDU and its CapsuleResp, which always follows, leave in one
+// write: over QEMU's user networking a response that reaches the guest in
+// two pieces can wait for the guest's delayed ACK (about 40 ms).
+func (q *queue) putPDU(hdr, data []byte, flush bool) error {
 	var dd [digestLen]byte
 	if len(data) > 0 && hdr[1]&flagDDGST != 0 {
 		binary.LittleEndian.PutUint32(dd[:], crc32c(data))
@@ -310,6 +319,9 @@ func (q *queue) writePDU(hdr, data []byte) error {
 				return q.writeFailed(err)
 			}
 		}
+	}
+	if !flush {
+		return nil
 	}
 	if err := q.bw.Flush(); err != nil {
 		return q.writeFailed(err)
@@ -345,7 +357,8 @@ func (q *queue) complete(cid uint16, cpl completion, closeAfter bool) {
 }
 
 // sendData sends data to the host for command cid in C2HData PDUs of at
-// most MaxH2CData bytes each.
+// most MaxH2CData bytes each. The caller sends the CapsuleResp next, which
+// flushes what is still buffered.
 func (q *queue) sendData(cid uint16, data []byte) error {
 	chunk := q.t.opts.MaxH2CData
 	for off := 0; off < len(data); off += chunk {
@@ -359,7 +372,7 @@ func (q *queue) sendData(cid uint16, data []byte) error {
 		binary.LittleEndian.PutUint32(hdr[12:], uint32(off))
 		binary.LittleEndian.PutUint32(hdr[16:], uint32(end-off))
 		q.pw.sealHeader(hdr, dataHdrLen)
-		if err := q.writePDU(hdr, data[off:end]); err != nil {
+		if err := q.putPDU(hdr, data[off:end], false); err != nil {
 			return err
 		}
 	}
