@@ -127,7 +127,9 @@ func Expect(t testing.TB, m *qemu.Machine, re string) []string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), DefaultWait)
 	defer cancel()
-	all := regexp.MustCompile("(" + re + ")|" + regexp.QuoteMeta(guest.Failed) + " ([^\r\n]*)")
+	// The failure line must be complete: the console may deliver it in
+	// pieces, and matching its start alone would lose the reason.
+	all := regexp.MustCompile("(" + re + ")|" + regexp.QuoteMeta(guest.Failed) + " ([^\r\n]*)\r?\n")
 	subs, err := m.Expect(ctx, all)
 	if err != nil {
 		t.Fatal(err)
