@@ -44,6 +44,9 @@ type FileConfig struct {
 	// HandshakeTimeout and IdleTimeout are Go durations ("10s", "5m").
 	HandshakeTimeout string `json:"handshake_timeout,omitempty"`
 	IdleTimeout      string `json:"idle_timeout,omitempty"`
+	// MaxBatchItems limits the batch items of one request (0: no limit
+	// beyond the 1 MiB message size); see Options.MaxBatchItems.
+	MaxBatchItems int `json:"max_batch_items,omitempty"`
 	// Policy says who may do what.
 	Policy Policy `json:"policy"`
 
@@ -115,6 +118,9 @@ func (fc *FileConfig) Validate() error {
 			return fmt.Errorf("%s: %q is not a positive duration such as \"10s\"", d.name, d.v)
 		}
 	}
+	if fc.MaxBatchItems < 0 {
+		return fmt.Errorf("max_batch_items: %d is negative (0 means no limit)", fc.MaxBatchItems)
+	}
 	if err := fc.Policy.validate(); err != nil {
 		return fmt.Errorf("policy: %w", err)
 	}
@@ -176,10 +182,11 @@ func (fc *FileConfig) Options() (Options, error) {
 		return Options{}, err
 	}
 	opts := Options{
-		DBPath:    fc.Path(fc.DB),
-		MasterKey: mk,
-		TLS:       &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: pool},
-		Policy:    fc.Policy,
+		DBPath:        fc.Path(fc.DB),
+		MasterKey:     mk,
+		TLS:           &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: pool},
+		Policy:        fc.Policy,
+		MaxBatchItems: fc.MaxBatchItems,
 	}
 	if fc.HandshakeTimeout != "" {
 		opts.HandshakeTimeout, _ = time.ParseDuration(fc.HandshakeTimeout)

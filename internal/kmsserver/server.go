@@ -30,6 +30,15 @@
 // administrator sets Extractable to false or withdraws the array
 // identity's grant, and the array can no longer fetch its keys.
 //
+// A request may carry many batch items (sedboot's client sends one item
+// per key: a rotation revokes or destroys a whole generation in one
+// request). The items are carried out in order, each in its own
+// transaction, authorised for the caller on its own object, and audited
+// on its own; with Batch Error Continuation Option Continue a refused item
+// does not stop the others (Undo is refused). Options.MaxBatchItems can
+// cap the items per request; a larger request is refused as a whole
+// before any item is carried out.
+//
 // Every request is recorded in an audit log (log/slog) that names the
 // caller, the operation, the object and the result, and never holds key
 // material.
@@ -75,6 +84,11 @@ type Options struct {
 	HandshakeTimeout, IdleTimeout time.Duration
 	// MaxMessage is the largest request accepted (default 1 MiB).
 	MaxMessage int
+	// MaxBatchItems, when positive, is the largest number of batch items
+	// accepted in one request; a larger request is refused as a whole
+	// (Invalid Message) before any item is carried out. Zero leaves the
+	// number bounded by MaxMessage only.
+	MaxBatchItems int
 }
 
 // Server is a KMIP server.
@@ -328,6 +342,15 @@ func (s *Server) handleMessage(ctx context.Context, msg []byte) (resp *kmip.Resp
 		}
 	}()
 	defer wipeRequest(req)
+	if n, limit := len(req.BatchItem), s.opts.MaxBatchItems; limit > 0 && n > limit {
+		attrs := []any{"event", "kmip", "items", n, "limit", limit, "result", "failure", "reason", "InvalidMessage"}
+		if c := callerOf(ctx); c != nil {
+			attrs = append(attrs, "identity", c.identity, "remote", c.remote)
+		}
+		s.audit.Warn("batch refused", attrs...)
+		return messageError(req, kmip.ResultReasonInvalidMessage,
+			fmt.Sprintf("%d batch items exceed this server's limit of %d per request", n, limit)), false
+	}
 	return s.exec.HandleRequest(ctx, req), false
 }
 

@@ -26,6 +26,9 @@ type Options struct {
 	Audit *slog.Logger
 	// IdleTimeout of connections (kmsd's default when zero).
 	IdleTimeout time.Duration
+	// MaxBatchItems limits the batch items per request (see
+	// kmsserver.Options); zero: no limit.
+	MaxBatchItems int
 }
 
 // Server is a running in-process kmsd.
@@ -70,12 +73,13 @@ func Start(t testing.TB, opts Options) *Server {
 		t.Fatal(err)
 	}
 	srv, err := kmsserver.New(kmsserver.Options{
-		DBPath:      filepath.Join(dir, "kmsd.db"),
-		MasterKey:   mk,
-		TLS:         &tls.Config{Certificates: []tls.Certificate{srvCert.TLSCertificate()}, ClientCAs: ca.Pool()},
-		Policy:      policy,
-		Audit:       opts.Audit,
-		IdleTimeout: opts.IdleTimeout,
+		DBPath:        filepath.Join(dir, "kmsd.db"),
+		MasterKey:     mk,
+		TLS:           &tls.Config{Certificates: []tls.Certificate{srvCert.TLSCertificate()}, ClientCAs: ca.Pool()},
+		Policy:        policy,
+		Audit:         opts.Audit,
+		IdleTimeout:   opts.IdleTimeout,
+		MaxBatchItems: opts.MaxBatchItems,
 	})
 	clear(mk)
 	if err != nil {
