@@ -26,6 +26,15 @@
 //     per server (never the ID placeholder, which PyKMIP resolves to the
 //     wrong object), after one batched Locate for the names whose
 //     identifiers are not known yet.
+//   - Work on many keys is batched: Locate, Get, Register, Activate,
+//     Revoke, Destroy, Get Attributes and attribute changes of N keys are
+//     one request of N batch items each (ActivateAll, RevokeAll,
+//     DestroyAll, GetAttributesAll, ChangeAttributes, AddAttributeAll,
+//     SetAttributeAll, ...), split above MaxBatch items, with a result
+//     per key. They are idempotent: a repeated Destroy, Revoke or
+//     Activate counts as done, however the server answers it (see
+//     batch.go for how kmsd and PyKMIP answer). A server that refuses a
+//     batch as a whole gets smaller ones, down to one item per request.
 //   - Key material is returned in *secret.Secret (locked, zeroed on
 //     release) and never appears in an error, a log record or a report.
 package kms
@@ -55,6 +64,9 @@ type Client struct {
 
 	mu       sync.Mutex
 	metaMode map[string]MetadataMode // per server: what Register found to work
+	// batchMax holds, per server and operation, the largest batch the
+	// server accepted after refusing a larger one (see Conn.batch).
+	batchMax map[batchKey]int
 }
 
 // New checks cfg, loads the CA bundle and the client certificate and
@@ -68,7 +80,7 @@ func New(cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Client{cfg: cfg, tls: tc, log: cfg.Logger, metaMode: map[string]MetadataMode{}}
+	c := &Client{cfg: cfg, tls: tc, log: cfg.Logger, metaMode: map[string]MetadataMode{}, batchMax: map[batchKey]int{}}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}

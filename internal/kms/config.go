@@ -102,7 +102,9 @@ const (
 	DefaultRetries        = 2
 	DefaultBackoff        = 250 * time.Millisecond
 	DefaultMaxBackoff     = 2 * time.Second
-	// MaxBatch is the largest number of keys fetched in one request.
+	// MaxBatch is the largest number of keys Fetch obtains in one call,
+	// and the largest number of batch items the batched operations of a
+	// Conn put in one request: they split larger batches.
 	MaxBatch = 256
 )
 

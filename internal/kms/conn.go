@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -192,10 +191,11 @@ func (s *Conn) LocateGroup(ctx context.Context, group string) ([]string, error) 
 	return s.Locate(ctx, "", group)
 }
 
-// LocateNames looks every name up in group in one batched request and
-// returns, per name, its single unique identifier or why there is none
-// (ErrNotFound, ErrAmbiguous or the server's error). The error is set
-// only when the request failed as a whole.
+// LocateNames looks every name up in group in one batched request (split
+// above MaxBatch names) and returns, per name, its single unique
+// identifier or why there is none (ErrNotFound, ErrAmbiguous or the
+// server's error). The error is set only when a request failed as a
+// whole.
 func (s *Conn) LocateNames(ctx context.Context, group string, names []string) ([]string, []error, error) {
 	if len(names) == 0 {
 		return nil, nil, nil
@@ -204,7 +204,7 @@ func (s *Conn) LocateNames(ctx context.Context, group string, names []string) ([
 	for i, n := range names {
 		pls[i] = locatePayload(n, group)
 	}
-	items, err := s.roundtrip(ctx, "Locate", keyList(names), pls...)
+	items, err := s.batch(ctx, "Locate", names, pls)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -239,16 +239,13 @@ func keyList(names []string) string {
 }
 
 // GetSecrets fetches the Secret Data objects ids in one batched request
-// (one Get per identifier, never the ID placeholder) and returns their
-// values in order, with a per-object error for those the server did not
-// release. The error is set only when the request failed as a whole. The
-// caller must Zero every returned secret.
+// (one Get per identifier, never the ID placeholder; split above MaxBatch
+// objects) and returns their values in order, with a per-object error for
+// those the server did not release. The error is set only when a request
+// failed as a whole. The caller must Zero every returned secret.
 func (s *Conn) GetSecrets(ctx context.Context, ids []string) ([]*secret.Secret, []error, error) {
 	if len(ids) == 0 {
 		return nil, nil, nil
-	}
-	if len(ids) > MaxBatch {
-		return nil, nil, fmt.Errorf("kms: get: %d objects in one request exceeds %d", len(ids), MaxBatch)
 	}
 	pls := make([]kmip.OperationPayload, len(ids))
 	for i, id := range ids {
@@ -257,8 +254,11 @@ func (s *Conn) GetSecrets(ctx context.Context, ids []string) ([]*secret.Secret, 
 		}
 		pls[i] = &payloads.GetRequestPayload{UniqueIdentifier: id}
 	}
-	items, err := s.roundtrip(ctx, "Get", keyList(ids), pls...)
+	items, err := s.batch(ctx, "Get", ids, pls)
 	if err != nil {
+		for i := range items {
+			clearMaterial(&items[i])
+		}
 		return nil, nil, err
 	}
 	secs := make([]*secret.Secret, len(ids))
@@ -301,6 +301,13 @@ func (s *Conn) secretFrom(id string, bi *kmip.ResponseBatchItem) (*secret.Secret
 	return sec, nil
 }
 
+// clearMaterial zeroes the key material of a Get answer not used.
+func clearMaterial(bi *kmip.ResponseBatchItem) {
+	if g, ok := bi.ResponsePayload.(*payloads.GetResponsePayload); ok {
+		clear(rawMaterial(g.Object))
+	}
+}
+
 // rawMaterial returns the plain key material of a Secret Data object (the
 // decoder's own slice, which the caller zeroes), or nil.
 func rawMaterial(obj kmip.Object) []byte {
@@ -339,15 +346,7 @@ const (
 
 // Revoke revokes an object with reason and an optional message.
 func (s *Conn) Revoke(ctx context.Context, id string, reason RevocationReason, message string) error {
-	pl := &payloads.RevokeRequestPayload{
-		UniqueIdentifier: id,
-		RevocationReason: kmip.RevocationReason{RevocationReasonCode: kmip.RevocationReasonCode(reason), RevocationMessage: message},
-	}
-	if reason == RevokeKeyCompromise {
-		now := time.Now().Truncate(time.Second)
-		pl.CompromiseOccurrenceDate = &now
-	}
-	_, err := s.do(ctx, "Revoke", id, pl)
+	_, err := s.do(ctx, "Revoke", id, revokePayload(id, reason, message))
 	return err
 }
 
@@ -488,20 +487,14 @@ func parseAttributes(id string, raw []kmip.Attribute) *Attributes {
 }
 
 // SetAttribute sets a single-valued attribute: Modify Attribute when the
-// object has it, Add Attribute when it does not.
+// object has it, Add Attribute when it does not, nothing when it already
+// has the value (see SetAttributeAll).
 func (s *Conn) SetAttribute(ctx context.Context, id, name string, value any) error {
-	cur, err := s.GetAttributes(ctx, id, name)
+	res, err := s.SetAttributeAll(ctx, []string{id}, name, value)
 	if err != nil {
 		return err
 	}
-	present := slices.ContainsFunc(cur.Raw, func(a kmip.Attribute) bool { return string(a.AttributeName) == name })
-	attr := kmip.Attribute{AttributeName: kmip.AttributeName(name), AttributeValue: value}
-	if present {
-		_, err = s.do(ctx, "Modify Attribute", id, &payloads.ModifyAttributeRequestPayload{UniqueIdentifier: id, Attribute: attr})
-		return err
-	}
-	_, err = s.do(ctx, "Add Attribute", id, &payloads.AddAttributeRequestPayload{UniqueIdentifier: id, Attribute: attr})
-	return err
+	return res[0].Err
 }
 
 // AddAttribute adds one instance of an attribute (e.g. a custom "x-"
@@ -572,8 +565,8 @@ type Registered struct {
 	Err error
 }
 
-// RegisterAll registers several secrets in at most four requests: one
-// batched Locate of every name (an existing name is not registered
+// RegisterAll registers several secrets in at most four requests (each
+// split above MaxBatch secrets): one batched Locate of every name (an existing name is not registered
 // again), one batched Register of the missing ones (again with another
 // metadata form for those the server refused), and one batched Activate
 // (after a batched Get Attributes of the State of those that already
@@ -583,9 +576,6 @@ type Registered struct {
 func (s *Conn) RegisterAll(ctx context.Context, specs []SecretSpec) ([]Registered, error) {
 	if len(specs) == 0 {
 		return nil, nil
-	}
-	if len(specs) > MaxBatch {
-		return nil, fmt.Errorf("kms: register: %d secrets exceeds %d per request", len(specs), MaxBatch)
 	}
 	names := make([]string, len(specs))
 	seen := map[string]bool{}
@@ -611,7 +601,7 @@ func (s *Conn) RegisterAll(ctx context.Context, specs []SecretSpec) ([]Registere
 	for i, sp := range specs {
 		pls[i] = locatePayload(sp.Name, sp.Group)
 	}
-	items, err := s.roundtrip(ctx, "Locate", keyList(names), pls...)
+	items, err := s.batch(ctx, "Locate", names, pls)
 	if err != nil {
 		return nil, err
 	}
@@ -648,7 +638,7 @@ func (s *Conn) RegisterAll(ctx context.Context, specs []SecretSpec) ([]Registere
 		for _, i := range create {
 			pls = append(pls, registerPayload(specs[i], mode))
 		}
-		items, err := s.roundtrip(ctx, "Register", keyList(namesAt(names, create)), pls...)
+		items, err := s.batch(ctx, "Register", namesAt(names, create), pls)
 		if err != nil {
 			return out, err
 		}
@@ -693,7 +683,7 @@ func (s *Conn) RegisterAll(ctx context.Context, specs []SecretSpec) ([]Registere
 		for _, i := range check {
 			pls = append(pls, &payloads.GetAttributesRequestPayload{UniqueIdentifier: out[i].ID, AttributeName: []kmip.AttributeName{kmip.AttributeNameState}})
 		}
-		items, err := s.roundtrip(ctx, "Get Attributes", keyList(namesAt(names, check)), pls...)
+		items, err := s.batch(ctx, "Get Attributes", namesAt(names, check), pls)
 		if err != nil {
 			return out, err
 		}
@@ -712,7 +702,7 @@ func (s *Conn) RegisterAll(ctx context.Context, specs []SecretSpec) ([]Registere
 		for _, i := range activate {
 			pls = append(pls, &payloads.ActivateRequestPayload{UniqueIdentifier: out[i].ID})
 		}
-		items, err := s.roundtrip(ctx, "Activate", keyList(namesAt(names, activate)), pls...)
+		items, err := s.batch(ctx, "Activate", namesAt(names, activate), pls)
 		if err != nil {
 			return out, err
 		}

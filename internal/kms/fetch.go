@@ -275,8 +275,9 @@ func (s *Conn) getInto(ctx context.Context, keys []KeyRef, verify []string, ids 
 		verify bool
 	}
 	var (
-		plan []item
-		pls  []kmip.OperationPayload
+		plan  []item
+		pls   []kmip.OperationPayload
+		names []string // per batch item
 	)
 	for _, k := range keys {
 		id, ok := ids[k.Name]
@@ -286,18 +287,20 @@ func (s *Conn) getInto(ctx context.Context, keys []KeyRef, verify []string, ids 
 		v := slices.Contains(verify, k.Name)
 		plan = append(plan, item{k.Name, v})
 		pls = append(pls, &payloads.GetRequestPayload{UniqueIdentifier: id})
+		names = append(names, k.Name)
 		if v {
 			pls = append(pls, &payloads.GetAttributesRequestPayload{UniqueIdentifier: id, AttributeName: []kmip.AttributeName{kmip.AttributeNameName}})
+			names = append(names, k.Name)
 		}
 	}
 	if len(plan) == 0 {
 		return nil, nil
 	}
-	if len(pls) > MaxBatch {
-		return nil, fmt.Errorf("kms: get: %d batch items exceeds %d", len(pls), MaxBatch)
-	}
-	items, err := s.roundtrip(ctx, "Get", keyList(namesOf(plan, func(it item) string { return it.name })), pls...)
+	items, err := s.batch(ctx, "Get", names, pls)
 	if err != nil {
+		for i := range items {
+			clearMaterial(&items[i])
+		}
 		return nil, err
 	}
 	j := 0
@@ -338,12 +341,4 @@ func (s *Conn) namesMatch(id, name string, bi *kmip.ResponseBatchItem) bool {
 		return false
 	}
 	return slices.Contains(parseAttributes(id, ga.Attribute).Names, name)
-}
-
-func namesOf[T any](xs []T, f func(T) string) []string {
-	out := make([]string, len(xs))
-	for i, x := range xs {
-		out[i] = f(x)
-	}
-	return out
 }

@@ -115,8 +115,12 @@ func (b *backend) connect(t testing.TB, c *kms.Client) *kms.Conn {
 	return conn
 }
 
-func kmsdBackend(t testing.TB) *backend {
-	s := kmsdtest.Start(t, kmsdtest.Options{})
+func kmsdBackend(t testing.TB) *backend { return kmsdBackendWith(t, 0) }
+
+// kmsdBackendWith is a kmsd that refuses requests of more than maxItems
+// batch items (no limit when 0).
+func kmsdBackendWith(t testing.TB, maxItems int) *backend {
+	s := kmsdtest.Start(t, kmsdtest.Options{MaxBatchItems: maxItems})
 	return &backend{name: "kmsd", addr: s.Addr, caFile: s.CAFile, ca: s.CA, dir: s.Dir, kmsd: s}
 }
 

@@ -547,20 +547,38 @@ func (p *prober) getRefused(check, id, what string) {
 	}
 }
 
-// cleanup revokes and destroys every probe object still present, within
-// its own bounded time, and returns those it could not destroy.
+// cleanup destroys every probe object still present, revoking first
+// those the server refuses to destroy (Active), in batched requests
+// within its own bounded time, and returns those it could not destroy.
 func (p *prober) cleanup() []string {
+	if len(p.created) == 0 {
+		return nil
+	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(p.ctx), 10*time.Second)
 	defer cancel()
+	res, err := p.s.DestroyAll(ctx, p.created)
+	if err != nil {
+		return p.created
+	}
+	var active []string
+	for _, i := range res.Failed() {
+		if errors.Is(res[i].Err, ErrDenied) {
+			active = append(active, res[i].ID)
+		}
+	}
+	if len(active) > 0 {
+		_, _ = p.s.RevokeAll(ctx, active, RevokeCessation, "sedboot capability probe cleanup")
+		again, err := p.s.DestroyAll(ctx, active)
+		for i := range again {
+			if err == nil && again[i].Err == nil {
+				j := slices.Index(p.created, again[i].ID)
+				res[j].Err = nil
+			}
+		}
+	}
 	var left []string
-	for _, id := range p.created {
-		a, err := p.s.GetAttributes(ctx, id, string(kmip.AttributeNameState))
-		if err == nil && a.State == StateActive {
-			_ = p.s.Revoke(ctx, id, RevokeCessation, "sedboot capability probe cleanup")
-		}
-		if err := p.s.Destroy(ctx, id); err != nil && !errors.Is(err, ErrNotFound) {
-			left = append(left, id)
-		}
+	for _, i := range res.Failed() {
+		left = append(left, res[i].ID)
 	}
 	return left
 }
