@@ -177,7 +177,7 @@ func (a *array) boot(name string, doc *config.Document, raw []byte, kmip map[str
 	if kmip == nil {
 		kmip = map[string]string{rig.GuestHost: a.kmsd.Addr}
 	}
-	cfg := a.rig.Guest(rig.GuestOptions{Name: name, Kernel: a.b.kernel.VmlinuzPath, Initrd: a.b.image.Path,
+	cfg := a.rig.Guest(rig.GuestOptions{Name: name, Kernel: a.b.kernel.BootImage(), Initrd: a.b.image.Path,
 		Medium: medium, KMIP: kmip})
 	return imgboot.Boot(a.t, cfg)
 }

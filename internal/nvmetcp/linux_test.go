@@ -73,7 +73,7 @@ func TestLinuxHost(t *testing.T) {
 		<-served
 	})
 
-	cfg := qemu.Config{Name: "nvmetcp-linux", Kernel: k.VmlinuzPath, Initrd: img.Path, CPUs: 2,
+	cfg := qemu.Config{Name: "nvmetcp-linux", Kernel: k.BootImage(), Initrd: img.Path, CPUs: 2,
 		Cmdline: []string{"sedboot.nqns=" + strings.Join(nqns, ",")},
 		Net:     &qemu.UserNet{Forwards: []qemu.Forward{{GuestPort: 4420, Host: l.Addr().String()}}},
 	}

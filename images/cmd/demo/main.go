@@ -144,7 +144,7 @@ func run(ctx context.Context, n int, keep bool) error {
 
 	say("Power on the controller (QEMU): the agent unlocks every drive and hands over to the real OS")
 	guest := func(name string) qemu.Config {
-		return r.Guest(rig.GuestOptions{Name: name, Kernel: k.VmlinuzPath, Initrd: img.Path, Medium: medium,
+		return r.Guest(rig.GuestOptions{Name: name, Kernel: k.BootImage(), Initrd: img.Path, Medium: medium,
 			KMIP: map[string]string{rig.GuestHost: kmsd.Addr}})
 	}
 	m, err := qemu.Start(ctx, guest("controller"))
