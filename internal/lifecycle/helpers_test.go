@@ -561,16 +561,23 @@ func (r *rig) states(ctx context.Context, i int, g int) map[kms.State]int {
 	if err != nil {
 		r.t.Fatal(err)
 	}
+	var found []string
 	for j := range names {
 		if errs[j] != nil {
 			out[kms.StateDestroyed]++
 			continue
 		}
-		at, err := c.GetAttributes(ctx, ids[j])
-		if err != nil {
-			r.t.Fatal(err)
+		found = append(found, ids[j])
+	}
+	attrs, aerrs, err := c.GetAttributesAll(ctx, found, "State")
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	for j := range found {
+		if aerrs[j] != nil {
+			r.t.Fatal(aerrs[j])
 		}
-		out[at.State]++
+		out[attrs[j].State]++
 	}
 	return out
 }

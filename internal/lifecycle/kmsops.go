@@ -313,22 +313,49 @@ func (a *Array) agentGets(ctx context.Context, ac *kms.Conn, g *config.Generatio
 	return denied, nil
 }
 
-// grant sets ident's rights on the keys named in names (kmsd only).
+// grant sets ident's rights on the keys named in names (kmsd only), in
+// one batched request.
 func (a *Array) grant(ctx context.Context, c *kms.Conn, g *config.Generation, names []string, srv, ident, rights string) error {
 	want := map[string]bool{}
 	for _, n := range names {
 		want[n] = true
 	}
+	var ids, keyNames []string
 	for _, dk := range g.Drives {
-		if !want[dk.Name] {
-			continue
-		}
-		if err := c.AddAttribute(ctx, dk.IDs[srv], GrantAttribute, ident+"="+rights); err != nil {
-			return err
+		if want[dk.Name] {
+			ids = append(ids, dk.IDs[srv])
+			keyNames = append(keyNames, dk.Name)
 		}
 	}
-	return nil
+	res, err := c.AddAttributeAll(ctx, ids, GrantAttribute, ident+"="+rights)
+	if err != nil {
+		return err
+	}
+	return keyErrors(res, keyNames, nil)
 }
+
+// keyErrors returns nil when every item of a batched operation is done
+// (or failed with an error ignore accepts), else an error naming each
+// failed key by name.
+func keyErrors(res kms.Results, names []string, ignore func(error) bool) error {
+	var errs []error
+	for _, i := range res.Failed() {
+		if ignore != nil && ignore(res[i].Err) {
+			continue
+		}
+		errs = append(errs, fmt.Errorf("key %s: %w", names[i], res[i].Err))
+	}
+	switch len(errs) {
+	case 0:
+		return nil
+	case 1:
+		return errs[0]
+	}
+	return &kms.ItemsError{Total: len(res), Errs: errs}
+}
+
+// notFound reports a key the server no longer holds.
+func notFound(err error) bool { return errors.Is(err, kms.ErrNotFound) }
 
 // fetchAdmin fetches g's keys with the administrator's identity (failing
 // over between servers) and returns them by name.

@@ -185,11 +185,19 @@ func (a *Array) lockServer(ctx context.Context, srv kms.Server, agent *kms.Clien
 			sl.Enforces = append(sl.Enforces, chk)
 		}
 	}
-	apply := func(mech string, f func(id string) error) error {
-		for i, id := range ids {
-			if err := f(id); err != nil {
-				return fmt.Errorf("%s on key %s: %w", mech, dks[i].Name, err)
-			}
+	names := make([]string, len(dks))
+	for i, dk := range dks {
+		names[i] = dk.Name
+	}
+	// Each mechanism is one batched request over every key (two for the
+	// attributes: Get Attributes, then Modify or Add).
+	apply := func(mech string, ignore func(error) bool, f func() (kms.Results, error)) error {
+		res, err := f()
+		if err == nil {
+			err = keyErrors(res, names, ignore)
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", mech, err)
 		}
 		sl.Applied = append(sl.Applied, mech)
 		a.progress("lock", "", srv.Label(), "%s on %d keys", mech, len(ids))
@@ -197,25 +205,25 @@ func (a *Array) lockServer(ctx context.Context, srv kms.Server, agent *kms.Clien
 	}
 	var notes []string
 	if caps.Has(kms.RefuseExtractable) {
-		if err := apply(MechExtractable, func(id string) error { return c.SetExtractable(ctx, id, false) }); err != nil {
+		if err := apply(MechExtractable, nil, func() (kms.Results, error) { return c.SetExtractableAll(ctx, ids, false) }); err != nil {
 			notes = append(notes, err.Error())
 		}
 	}
 	self, _ := a.adminIsAgent(srv)
 	if caps.Has(kms.RefusePolicy) && !self {
-		err := apply(MechGrant, func(id string) error { return c.AddAttribute(ctx, id, GrantAttribute, ident+"=read") })
+		err := apply(MechGrant, nil, func() (kms.Results, error) { return c.AddAttributeAll(ctx, ids, GrantAttribute, ident+"=read") })
 		if err != nil {
 			notes = append(notes, err.Error())
 		}
 	}
 	if len(sl.Applied) == 0 && caps.Has(kms.RefuseSensitive) {
-		if err := apply(MechSensitive, func(id string) error { return c.SetSensitive(ctx, id, true) }); err != nil {
+		if err := apply(MechSensitive, nil, func() (kms.Results, error) { return c.SetSensitiveAll(ctx, ids, true) }); err != nil {
 			notes = append(notes, err.Error())
 		}
 	}
 	if opts.Revoke && caps.Has(kms.RefuseRevoked) {
-		err := apply(MechRevoked, func(id string) error {
-			return revoke(ctx, c, id, kms.RevokeCessation, "sedboot cryptographic lock")
+		err := apply(MechRevoked, notFound, func() (kms.Results, error) {
+			return c.RevokeAll(ctx, ids, kms.RevokeCessation, "sedboot cryptographic lock")
 		})
 		if err != nil {
 			notes = append(notes, err.Error())
@@ -331,36 +339,62 @@ func (a *Array) unlockServer(ctx context.Context, srv kms.Server, agent *kms.Cli
 	var revoked []string
 	counts := map[string]int{}
 	self, _ := a.adminIsAgent(srv)
+	// One batched Get Attributes, then every change in one batched
+	// request.
+	attrs, aerrs, err := c.GetAttributesAll(ctx, ids)
+	if err != nil {
+		return err
+	}
+	const (
+		extractable = "Extractable=true"
+		sensitive   = "Sensitive=false"
+		getRight    = "get right restored"
+	)
+	var changes []kms.AttributeChange
+	var kinds []string
+	var keyOf []int
 	for i, id := range ids {
-		at, err := c.GetAttributes(ctx, id)
-		if err != nil {
-			return fmt.Errorf("key %s: %w", dks[i].Name, err)
+		if aerrs[i] != nil {
+			return fmt.Errorf("key %s: %w", dks[i].Name, aerrs[i])
 		}
+		at := attrs[i]
 		switch at.State {
 		case kms.StateDeactivated, kms.StateCompromised, kms.StateDestroyed, kms.StateDestroyedCompromised:
 			revoked = append(revoked, dks[i].Name)
 			continue
 		}
+		add := func(kind string, ch kms.AttributeChange) {
+			changes, kinds, keyOf = append(changes, ch), append(kinds, kind), append(keyOf, i)
+		}
 		if at.Extractable != nil && !*at.Extractable {
-			if err := c.SetExtractable(ctx, id, true); err != nil {
-				return fmt.Errorf("make key %s extractable again (an administrator identity is needed): %w", dks[i].Name, err)
-			}
-			counts["Extractable=true"]++
+			add(extractable, kms.AttributeChange{ID: id, Op: kms.AttributeModify, Name: "Extractable", Value: true})
 		}
 		if at.Sensitive != nil && *at.Sensitive {
-			if err := c.SetSensitive(ctx, id, false); err != nil {
-				return fmt.Errorf("clear Sensitive on key %s: %w", dks[i].Name, err)
-			}
-			counts["Sensitive=false"]++
+			add(sensitive, kms.AttributeChange{ID: id, Op: kms.AttributeModify, Name: "Sensitive", Value: false})
 		}
 		if g, ok := grantOf(at, ident); ok && !self && !containsStr(g, "get") {
-			if err := c.AddAttribute(ctx, id, GrantAttribute, ident+"=get,read"); err != nil {
-				return fmt.Errorf("restore the array identity's get right on key %s: %w", dks[i].Name, err)
-			}
-			counts["get right restored"]++
+			add(getRight, kms.AttributeChange{ID: id, Op: kms.AttributeAdd, Name: GrantAttribute, Value: ident + "=get,read"})
 		}
 	}
-	for _, m := range []string{"Extractable=true", "Sensitive=false", "get right restored"} {
+	res, err := c.ChangeAttributes(ctx, changes)
+	if err != nil {
+		return err
+	}
+	for j, r := range res {
+		name := dks[keyOf[j]].Name
+		if r.Err != nil {
+			switch kinds[j] {
+			case extractable:
+				return fmt.Errorf("make key %s extractable again (an administrator identity is needed): %w", name, r.Err)
+			case sensitive:
+				return fmt.Errorf("clear Sensitive on key %s: %w", name, r.Err)
+			default:
+				return fmt.Errorf("restore the array identity's get right on key %s: %w", name, r.Err)
+			}
+		}
+		counts[kinds[j]]++
+	}
+	for _, m := range []string{extractable, sensitive, getRight} {
 		if counts[m] > 0 {
 			sl.Applied = append(sl.Applied, fmt.Sprintf("%s (%d keys)", m, counts[m]))
 		}

@@ -229,4 +229,52 @@ func TestPyKMIP(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.bootAll(ctx, 2, 0)
+
+	// Deactivating and destroying again, as a resumed run does, is done
+	// at once: PyKMIP refuses a second Revoke (Illegal Operation) and
+	// answers a second Destroy with Item Not Found.
+	c := r.openSelf()
+	if _, err := c.Rotate(ctx, RotateOptions{DestroyAfter: DefaultDestroyAfter}); err != nil {
+		t.Fatal(err)
+	}
+	g2 := *c.Doc.Keys.Generation(2)
+	if n, warns := c.deactivate(ctx, &g2, "again"); n != 2 || len(warns) != 0 {
+		t.Fatalf("second deactivation: %d keys, warnings %v", n, warns)
+	}
+	for range 2 {
+		if rr, err := c.destroy(ctx, &g2); err != nil || len(rr.Servers) != 1 {
+			t.Fatalf("destroy: %+v, %v", rr, err)
+		}
+	}
+	r.bootAll(ctx, 3, 0)
+}
+
+// TestPyKMIPSeparateAdmin: with an administrator identity other than the
+// array's, PyKMIP refuses the array its keys and cannot grant access (it
+// fails a request of Add Attribute items as a whole: it cannot parse
+// them). The batched grant falls back to one item, learns that the
+// operation itself is refused, and enable stops before touching a drive.
+func TestPyKMIPSeparateAdmin(t *testing.T) {
+	ctx := testCtx(t)
+	r := pykmipRig(t, 3)
+	a := r.openSelf()
+	cf, kf, err := pykmip(t).IssueClient("admin-"+a.Doc.Array.Serial, pki.ECDSAP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := a.Agent.Config()
+	cfg.CertPEM, cfg.KeyPEM, cfg.CertFile, cfg.KeyFile = nil, nil, cf, kf
+	if a.Admin, err = kms.New(cfg); err != nil {
+		t.Fatal(err)
+	}
+	_, err = a.Enable(ctx, EnableOptions{Check: func(context.Context) error { return nil }})
+	if !errors.Is(err, ErrAgentDenied) || !strings.Contains(err.Error(), "granting access failed") || !strings.Contains(err.Error(), "Invalid Message") {
+		t.Fatalf("enable with a separate administrator on PyKMIP: %v", err)
+	}
+	t.Logf("%d requests: %v", a.KMSStats().Requests, err)
+	for _, d := range r.drives() {
+		if sum, err := d.Discover(ctx); err != nil || sum.LockingEnabled {
+			t.Fatalf("drive %s touched: %+v, %v", d.Name(), sum, err)
+		}
+	}
 }

@@ -255,9 +255,10 @@ func (a *Array) rotateDrive(ctx context.Context, d *sed.Drive, serial string, fr
 	return nil
 }
 
-// deactivate revokes (reason superseded) g's keys on every server. Key
-// servers that cannot be reached are reported as warnings: the keys are
-// revoked when the generation is destroyed later.
+// deactivate revokes (reason superseded) g's keys on every server, one
+// batched request per server. Key servers that cannot be reached are
+// reported as warnings: the keys are revoked when the generation is
+// destroyed later.
 func (a *Array) deactivate(ctx context.Context, g *config.Generation, why string) (int, []string) {
 	if g == nil || a.Admin == nil {
 		return 0, nil
@@ -270,33 +271,36 @@ func (a *Array) deactivate(ctx context.Context, g *config.Generation, why string
 			warns = append(warns, fmt.Sprintf("generation %d not deactivated on %s (unreachable: %v); it will be when it is destroyed", g.Number, srv.Label(), err))
 			continue
 		}
-		for _, dk := range g.Drives {
-			id := dk.IDs[srv.Label()]
-			if id == "" {
-				continue
-			}
-			if err := revoke(ctx, c, id, kms.RevokeSuperseded, why); err != nil {
-				warns = append(warns, fmt.Sprintf("key %s on %s not deactivated: %v", dk.Name, srv.Label(), err))
-				continue
-			}
-			n++
-		}
+		ids, names := generationIDs(g, srv.Label())
+		res, err := c.RevokeAll(ctx, ids, kms.RevokeSuperseded, why)
 		a.release(c)
+		for i, r := range res {
+			// A key the server no longer holds cannot be used either.
+			if r.Err == nil || notFound(r.Err) {
+				n++
+			} else if err == nil {
+				warns = append(warns, fmt.Sprintf("key %s on %s not deactivated: %v", names[i], srv.Label(), r.Err))
+			}
+		}
+		if err != nil {
+			warns = append(warns, fmt.Sprintf("generation %d not (entirely) deactivated on %s: %v; it will be when it is destroyed", g.Number, srv.Label(), err))
+			continue
+		}
 		a.progress(StepRetire, "", srv.Label(), "generation %d deactivated", g.Number)
 	}
 	return n, warns
 }
 
-// revoke revokes id unless it is already revoked or gone.
-func revoke(ctx context.Context, c *kms.Conn, id string, reason kms.RevocationReason, why string) error {
-	err := c.Revoke(ctx, id, reason, why)
-	if err == nil || errors.Is(err, kms.ErrNotFound) {
-		return nil
+// generationIDs returns the identifiers on srv of g's keys that have one,
+// and their names.
+func generationIDs(g *config.Generation, srv string) (ids, names []string) {
+	for _, dk := range g.Drives {
+		if id := dk.IDs[srv]; id != "" {
+			ids = append(ids, id)
+			names = append(names, dk.Name)
+		}
 	}
-	if at, aerr := c.GetAttributes(ctx, id, "State"); aerr == nil && at.State != kms.StateActive && at.State != kms.StatePreActive {
-		return nil
-	}
-	return err
+	return ids, names
 }
 
 // Retire destroys, on every key server, the keys of retired
@@ -401,8 +405,10 @@ func (a *Array) stillUsed(ctx context.Context, ds *driveSet, g *config.Generatio
 	return ""
 }
 
-// destroy revokes and destroys g's keys on every server; every server
-// must be reachable.
+// destroy destroys g's keys on every server, in one batched request per
+// server (a second and third, Revoke then Destroy, for keys still Active
+// because deactivating them failed on that server); every server must be
+// reachable. Keys a server no longer holds count as destroyed.
 func (a *Array) destroy(ctx context.Context, g *config.Generation) (RetireResult, error) {
 	rr := RetireResult{Generation: g.Number}
 	admin, err := a.connectAll(ctx, a.Admin, "administrator")
@@ -412,24 +418,36 @@ func (a *Array) destroy(ctx context.Context, g *config.Generation) (RetireResult
 	defer admin.close()
 	for _, srv := range admin.order {
 		c := admin.by[srv]
-		for _, dk := range g.Drives {
-			id := dk.IDs[srv]
-			if id == "" {
-				continue
+		ids, names := generationIDs(g, srv)
+		res, err := c.DestroyAll(ctx, ids)
+		if err != nil {
+			return rr, fmt.Errorf("destroy generation %d on %s: %w", g.Number, srv, err)
+		}
+		var activeIDs, activeNames []string
+		var at []int
+		for _, i := range res.Failed() {
+			if errors.Is(res[i].Err, kms.ErrDenied) {
+				activeIDs, activeNames, at = append(activeIDs, ids[i]), append(activeNames, names[i]), append(at, i)
 			}
-			// Normally deactivated at the end of the rotation; a key
-			// still active (that step failed on this server) is revoked
-			// first.
-			err := c.Destroy(ctx, id)
-			if errors.Is(err, kms.ErrDenied) {
-				if err = revoke(ctx, c, id, kms.RevokeSuperseded, fmt.Sprintf("generation %d retired", g.Number)); err != nil {
-					return rr, fmt.Errorf("destroy key %s on %s: revoke: %w", dk.Name, srv, err)
-				}
-				err = c.Destroy(ctx, id)
+		}
+		if len(activeIDs) > 0 {
+			rev, err := c.RevokeAll(ctx, activeIDs, kms.RevokeSuperseded, fmt.Sprintf("generation %d retired", g.Number))
+			if err != nil {
+				return rr, fmt.Errorf("destroy generation %d on %s: revoke: %w", g.Number, srv, err)
 			}
-			if err != nil && !errors.Is(err, kms.ErrNotFound) {
-				return rr, fmt.Errorf("destroy key %s on %s: %w", dk.Name, srv, err)
+			if err := keyErrors(rev, activeNames, notFound); err != nil {
+				return rr, fmt.Errorf("destroy generation %d on %s: revoke: %w", g.Number, srv, err)
 			}
+			again, err := c.DestroyAll(ctx, activeIDs)
+			if err != nil {
+				return rr, fmt.Errorf("destroy generation %d on %s: %w", g.Number, srv, err)
+			}
+			for j, i := range at {
+				res[i] = again[j]
+			}
+		}
+		if err := keyErrors(res, names, nil); err != nil {
+			return rr, fmt.Errorf("destroy generation %d on %s: %w", g.Number, srv, err)
 		}
 		rr.Servers = append(rr.Servers, srv)
 		a.progress(StepRetire, "", srv, "generation %d destroyed", g.Number)

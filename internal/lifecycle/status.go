@@ -268,11 +268,17 @@ func (a *Array) serverStatus(ctx context.Context, srv kms.Server) ServerStatus {
 			continue
 		}
 		actIDs = append(actIDs, ids[i])
-		at, err := c.GetAttributes(ctx, ids[i])
-		if err != nil {
+	}
+	attrs, aerrs, err := c.GetAttributesAll(ctx, actIDs)
+	if err != nil {
+		ss.Error = err.Error()
+	}
+	for i := range actIDs {
+		if err != nil || aerrs[i] != nil {
 			ss.States["unreadable"]++
 			continue
 		}
+		at := attrs[i]
 		ss.States[string(at.State)]++
 		if at.Extractable != nil && !*at.Extractable {
 			ss.NotExtractable++
