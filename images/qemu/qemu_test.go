@@ -94,7 +94,7 @@ func TestArgs(t *testing.T) {
 	line := strings.Join(args, " ")
 	for _, want := range []string{
 		"-machine q35", "-accel tcg", "-cpu max", "-nographic", "-no-reboot", "-m 512",
-		"-append console=ttyS0 panic=-1 sedboot.test=x",
+		"-append console=ttyS0 panic=-1 cryptomgr.notests sedboot.test=x",
 		"user,id=net0,restrict=on,guestfwd=tcp:10.0.2.100:4420-cmd:/self " + helperArg + " 127.0.0.1:5555 /fwd",
 		"dgram,id=link0,local.type=unix,local.path=" + ends[1].Local + ",remote.type=unix,remote.path=" + ends[0].Local,
 		"virtio-net-pci,netdev=link0,romfile=,mac=52:54:00:aa:03:02",
