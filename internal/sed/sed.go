@@ -100,7 +100,10 @@ const MaxCredentialLen = 32
 // Drive is one self-encrypting drive. Its methods are safe for concurrent
 // use and run one at a time; different Drives run in parallel.
 type Drive struct {
-	intf   core.DriveIntf
+	intf core.DriveIntf
+	// com carries the drive's TCG traffic (intf behind an exchange
+	// tracker); intf itself serves identity and type checks.
+	com    *exchangeTracker
 	name   string
 	log    *slog.Logger
 	closer io.Closer
@@ -133,6 +136,7 @@ func WithLogger(l *slog.Logger) Option {
 func New(intf core.DriveIntf, name string, opts ...Option) *Drive {
 	d := &Drive{
 		intf: intf,
+		com:  newExchangeTracker(intf),
 		name: name,
 		log:  slog.New(slog.DiscardHandler),
 	}

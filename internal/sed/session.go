@@ -93,7 +93,7 @@ func (d *Drive) connect(ctx context.Context, requireOpal bool) (*conn, error) {
 		if l0.TPer == nil {
 			return errors.New("level 0 discovery has no TPer feature")
 		}
-		cs, err = core.NewControlSession(d.intf, l0, core.WithComID(core.ComID(sum.BaseComID)))
+		cs, err = core.NewControlSession(d.com, l0, core.WithComID(core.ComID(sum.BaseComID)))
 		return err
 	})
 	if err != nil {
@@ -401,7 +401,7 @@ func (t *tokens) uint(x uint)            { t.b = append(t.b, stream.UInt(x)...) 
 // response's status list as core.MethodCall.Execute does.
 func (s *session) execRaw(payload []byte) (stream.List, error) {
 	cs := s.c.cs
-	com := core.NewPlainCommunication(s.c.d.intf, cs.HostProperties, cs.TPerProperties)
+	com := core.NewPlainCommunication(s.c.d.com, cs.HostProperties, cs.TPerProperties)
 	proto := drive.SecurityProtocolTCGManagement
 	var resp []byte
 	err := safe(func() error {
