@@ -157,12 +157,13 @@ func batchRefused(err error) bool {
 //
 // A request of several items that the server refuses as a whole is sent
 // again in halves (rounded up). Once a smaller request is answered item
-// by item, its size is remembered as the server's limit for kind. When the halving
-// reaches a single item and the server refuses it for the same reason
-// as the batch, the server refuses that operation rather than batches
-// (PyKMIP, for one, cannot parse Add Attribute and fails the whole
-// message): the remaining items of that operation get the same answer
-// without being sent, and the limit is left alone.
+// by item, its size is remembered as the server's limit for kind. When
+// the halving reaches a single item and the server refuses it for the
+// same reason as the batch, the server refuses that operation rather
+// than batches (PyKMIP, for one, cannot parse Add Attribute and fails the
+// whole message): the remaining items of that operation get the same
+// answer without being sent, the other items go in batches again, and the
+// limit is left alone.
 //
 // A refused request was not carried out: a server that fails a message
 // as a whole answers with a single failed item, leaving no room for the
@@ -180,7 +181,13 @@ func (s *Conn) batch(ctx context.Context, kind string, keys []string, pls []kmip
 				ResultReason: bi.ResultReason, ResultMessage: bi.ResultMessage})
 			continue
 		}
-		n := min(limit, len(pls)-lo)
+		n := 0 // consecutive items, none of a refused operation
+		for n < limit && lo+n < len(pls) {
+			if _, ok := refusedOp[pls[lo+n].Operation()]; ok {
+				break
+			}
+			n++
+		}
 		items, err := s.roundtrip(ctx, kind, keyList(keys[lo:lo+n]), pls[lo:lo+n]...)
 		if err != nil {
 			var ke *Error
@@ -193,6 +200,7 @@ func (s *Conn) batch(ctx context.Context, kind string, keys []string, pls []kmip
 		if refusal != nil {
 			if n == 1 && items[0].ResultStatus != kmip.ResultStatusSuccess && reasonString(items[0].ResultReason) == refusal.Reason {
 				refusedOp[pls[lo].Operation()] = items[0]
+				limit, refusal = s.batchLimit(kind), nil
 			} else {
 				s.lowerBatchLimit(kind, n, refusal)
 				refusal = nil

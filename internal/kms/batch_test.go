@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ovh/kmip-go"
+
 	"github.com/sedboot/sedboot/internal/kms"
 	"github.com/sedboot/sedboot/internal/secret"
 )
@@ -335,7 +337,30 @@ func TestAddAttributePyKMIP(t *testing.T) {
 		}
 	}
 	t.Logf("PyKMIP: %v", res[0].Err)
-	if _, err := conn.DestroyAll(context.Background(), ids); err != nil {
+
+	// Mixed with items it can parse: those are carried out.
+	ctx := context.Background()
+	res = batchCall(t, conn, "mixed changes", 5, func() (kms.Results, error) {
+		return conn.ChangeAttributes(ctx, []kms.AttributeChange{
+			{ID: ids[0], Op: kms.AttributeAdd, Name: "x-sedboot-note", Value: "a"},
+			{ID: ids[1], Op: kms.AttributeModify, Name: "Name", Value: kmip.Name{NameValue: ids[1] + "-renamed", NameType: kmip.NameTypeUninterpretedTextString}},
+			{ID: ids[2], Op: kms.AttributeAdd, Name: "x-sedboot-note", Value: "b"},
+			{ID: ids[2], Op: kms.AttributeModify, Name: "Name", Value: kmip.Name{NameValue: ids[2] + "-renamed", NameType: kmip.NameTypeUninterpretedTextString}},
+		})
+	})
+	if ReasonOf(res[0].Err) != "Invalid Message" || res[1].Err != nil || ReasonOf(res[2].Err) != "Invalid Message" || res[3].Err != nil {
+		t.Errorf("mixed changes: %+v", res)
+	}
+	attrs, errs, err := conn.GetAttributesAll(ctx, ids[1:], "Name")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, a := range attrs {
+		if errs[i] != nil || len(a.Names) != 1 || a.Names[0] != ids[i+1]+"-renamed" {
+			t.Errorf("object %s: names %v, %v", ids[i+1], a, errs[i])
+		}
+	}
+	if _, err := conn.DestroyAll(ctx, ids); err != nil {
 		t.Fatal(err)
 	}
 }
