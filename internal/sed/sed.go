@@ -75,6 +75,10 @@ var (
 	// ErrNoVerifier reports that no key verifier was available where one
 	// was required.
 	ErrNoVerifier = errors.New("no key verifier available")
+	// ErrGenerationMismatch reports a key that matches the drive's key
+	// verifier under another generation than the one expected
+	// (ExpectGeneration); the key was not presented to the drive.
+	ErrGenerationMismatch = errors.New("key matches the drive's key verifier under another generation (not presented)")
 	// ErrGuard reports a presentation refused because a credential already
 	// failed on this authority since the guard was last reset.
 	ErrGuard = errors.New("refused: a credential already failed on this authority in this boot")

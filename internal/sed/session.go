@@ -27,9 +27,11 @@ type conn struct {
 
 	// The key verifier, loaded once per operation (see verifier).
 	override *Verifier
-	vLoaded  bool
-	v        *Verifier
-	vSrc     VerifierSource
+	// wantGen, when not 0, is the only generation checkKey admits.
+	wantGen uint64
+	vLoaded bool
+	v       *Verifier
+	vSrc    VerifierSource
 }
 
 // readLevel0 performs Level 0 discovery and returns the raw response and

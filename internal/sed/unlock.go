@@ -135,7 +135,11 @@ func (c *conn) checkKey(a Authority, cred []byte) (KeyCheck, error) {
 	if !ok {
 		return KeyCheck{}, fmt.Errorf("%s credential: %w", a, ErrVerifierMismatch)
 	}
-	return KeyCheck{Source: src, Generation: gen, Pending: v.Pending}, nil
+	kc := KeyCheck{Source: src, Generation: gen, Pending: v.Pending}
+	if c.wantGen != 0 && gen != c.wantGen {
+		return kc, fmt.Errorf("%s credential of generation %d matches the verifier's generation %d entry: %w", a, c.wantGen, gen, ErrGenerationMismatch)
+	}
+	return kc, nil
 }
 
 // authSession checks cred against the verifier, opens a session with a's
@@ -169,8 +173,9 @@ type UnlockResult struct {
 type UnlockOption func(*unlockConfig)
 
 type unlockConfig struct {
-	verifier *Verifier
-	require  bool
+	verifier   *Verifier
+	require    bool
+	generation uint64
 }
 
 // WithVerifier checks the key against v (kept off the drive) instead of
@@ -182,6 +187,14 @@ func WithVerifier(v *Verifier) UnlockOption {
 // RequireVerifier refuses to present a key that no verifier can check.
 func RequireVerifier() UnlockOption {
 	return func(c *unlockConfig) { c.require = true }
+}
+
+// ExpectGeneration refuses, without presenting it, a key that the
+// verifier matches under another generation than g (ErrGenerationMismatch):
+// a key source that mislabels its keys. A drive without a verifier is not
+// checked.
+func ExpectGeneration(g uint64) UnlockOption {
+	return func(c *unlockConfig) { c.generation = g }
 }
 
 // Unlock read- and write-unlocks the global range with the Admin1
@@ -204,7 +217,7 @@ func (d *Drive) Unlock(ctx context.Context, admin1 []byte, opts ...UnlockOption)
 		if err != nil {
 			return err
 		}
-		c.override = cfg.verifier
+		c.override, c.wantGen = cfg.verifier, cfg.generation
 		if !c.sum.LockingEnabled {
 			return errors.New("locking is not enabled on this drive (Locking SP inactive)")
 		}
