@@ -182,7 +182,7 @@ func (a *Array) ensureKeys(ctx context.Context, g *config.Generation, given keyS
 		}
 		var v *secret.Secret
 		if gv := given[n]; gv != nil {
-			v, err = secret.From(append([]byte(nil), gv.Bytes()...))
+			v, err = gv.Clone()
 		} else {
 			v, err = secret.Random(keys.KeySize)
 		}

@@ -68,6 +68,22 @@ func From(b []byte) (*Secret, error) {
 	return s, nil
 }
 
+// Clone returns a new secret holding the same bytes, copied without
+// passing through the Go heap. The caller zeroes both.
+func (s *Secret) Clone() (*Secret, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.mem == nil {
+		return nil, errors.New("secret: clone of a released secret")
+	}
+	c, err := New(s.n)
+	if err != nil {
+		return nil, err
+	}
+	copy(c.mem, s.mem[:s.n])
+	return c, nil
+}
+
 // Bytes returns the secret's contents. The slice is valid only until Zero;
 // do not keep it, copy it into ordinary memory, or print it.
 func (s *Secret) Bytes() []byte {

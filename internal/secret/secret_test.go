@@ -79,3 +79,26 @@ func TestBadSizes(t *testing.T) {
 		t.Fatal("From(nil) succeeded")
 	}
 }
+
+func TestCloneIsIndependent(t *testing.T) {
+	s, err := Random(32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := s.Clone()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Zero()
+	if !c.Equal(s) || &c.mem[0] == &s.mem[0] {
+		t.Fatal("clone does not hold its own copy of the value")
+	}
+	want := append([]byte(nil), c.Bytes()...)
+	s.Zero()
+	if !bytes.Equal(c.Bytes(), want) {
+		t.Fatal("zeroing the original changed the clone")
+	}
+	if _, err := s.Clone(); err == nil {
+		t.Fatal("clone of a released secret succeeded")
+	}
+}
