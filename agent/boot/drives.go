@@ -20,6 +20,7 @@ import (
 	"github.com/sedboot/sedboot/internal/kms"
 	"github.com/sedboot/sedboot/internal/secret"
 	"github.com/sedboot/sedboot/internal/sed"
+	"github.com/sedboot/sedboot/internal/unlock"
 )
 
 // Drive results in the boot record.
@@ -473,64 +474,31 @@ func (a *Agent) order(serial string, ks []keysource.Key) []keysource.Key {
 func (a *Agent) unlockOne(ctx context.Context, d *driveState, ks []keysource.Key) {
 	start := time.Now()
 	defer func() { d.rec.Latency = time.Since(start) }()
-	var lastErr error
-	retried := false
+	cands := make([]unlock.Candidate, len(ks))
 	for i, k := range ks {
-		pin, err := keys.PIN(k.Secret, keys.RoleAdmin1, d.serial)
-		k.Secret.Zero()
-		if err != nil {
-			lastErr = err
-			continue
-		}
-		res, err := d.drive.Unlock(ctx, pin.Bytes())
+		cands[i] = unlock.Candidate{Generation: k.Generation, Source: k.Source, Server: k.Server, Key: k.Secret}
+	}
+	res := unlock.Drive(ctx, d.drive, d.serial, cands, unlock.KeepPIN(), unlock.OnRetry(func(refused, next int) {
+		a.Printf("  %-8s %-20s generation %d refused during an interrupted key change; trying generation %d", d.name(), d.serial, refused, next)
+	}))
+	if res.Tries.Known {
+		d.rec.TriesLeft = res.Tries.Left()
+	}
+	d.rec.Presentations += res.Presentations
+	if res.Unlocked {
+		d.pin, d.unlockd = res.PIN, true
+		d.rec.Result, d.rec.Error = ResultUnlocked, ""
+		d.rec.Source, d.rec.Server, d.rec.Generation = res.Source, res.Server, res.Generation
+		tries := ""
 		if res.Tries.Known {
-			d.rec.TriesLeft = res.Tries.Left()
+			tries = ", " + res.Tries.String()
 		}
-		if err == nil || errors.Is(err, sed.ErrWrongCredential) {
-			d.rec.Presentations++
-		}
-		if err == nil {
-			d.pin, d.unlockd = pin, true
-			d.rec.Result, d.rec.Error = ResultUnlocked, ""
-			d.rec.Source, d.rec.Server, d.rec.Generation = k.Source, k.Server, k.Generation
-			tries := ""
-			if res.Tries.Known {
-				tries = ", " + res.Tries.String()
-			}
-			a.Printf("  %-8s %-20s unlocked (generation %d from %s %s, %s%s)", d.name(), d.serial, k.Generation, k.Source, k.Server,
-				time.Since(start).Round(time.Millisecond), tries)
-			for _, rest := range ks {
-				rest.Secret.Zero()
-			}
-			return
-		}
-		pin.Zero()
-		lastErr = err
-		if errors.Is(err, sed.ErrVerifierMismatch) {
-			continue // not presented: the next candidate may match
-		}
-		if errors.Is(err, sed.ErrWrongCredential) && res.Check.Pending && !retried && i+1 < len(ks) {
-			// The drive's verifier records a credential change in
-			// progress (a rotation or enable cut short): it admits both
-			// generations, and only the drive knows which one it holds.
-			// This refusal was the one wrong presentation that costs;
-			// the other generation is the drive's credential.
-			retried = true
-			d.drive.ResetGuard(sed.Admin1)
-			a.Printf("  %-8s %-20s generation %d refused during an interrupted key change; trying generation %d", d.name(), d.serial, k.Generation, ks[i+1].Generation)
-			continue
-		}
-		break // presented and refused, or refused by the guard: no further presentation
+		a.Printf("  %-8s %-20s unlocked (generation %d from %s %s, %s%s)", d.name(), d.serial, res.Generation, res.Source, res.Server,
+			time.Since(start).Round(time.Millisecond), tries)
+		return
 	}
-	for _, rest := range ks {
-		rest.Secret.Zero()
-	}
-	d.rec.Result = ResultFailed
-	if lastErr == nil {
-		lastErr = errors.New("no candidate key")
-	}
-	d.rec.Error = lastErr.Error()
-	a.Printf("  %-8s %-20s NOT unlocked: %v", d.name(), d.serial, lastErr)
+	d.rec.Result, d.rec.Error = ResultFailed, res.Err.Error()
+	a.Printf("  %-8s %-20s NOT unlocked: %v", d.name(), d.serial, res.Err)
 }
 
 // relockAll locks again every drive this boot unlocked and forgets the

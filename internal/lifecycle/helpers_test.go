@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"net"
 	"path/filepath"
@@ -24,6 +23,7 @@ import (
 	"github.com/sedboot/sedboot/internal/pki"
 	"github.com/sedboot/sedboot/internal/sed"
 	"github.com/sedboot/sedboot/internal/techauth"
+	"github.com/sedboot/sedboot/internal/unlock"
 )
 
 const (
@@ -428,10 +428,7 @@ type bootResult struct {
 // boot does what the boot agent does, after a power cycle: read the
 // document from the medium, fetch every candidate key with the array's
 // identity in one batched request per server, and unlock each drive
-// trying its candidates in order; a key the verifier rejects is not
-// presented; a rejected presentation is followed by another only when
-// the verifier recorded a change in progress (both keys then match it),
-// which sed allows once by a deliberate guard reset.
+// trying its candidates in order with the agent's policy (unlock.Drive).
 func (r *rig) boot(ctx context.Context) map[string]bootResult {
 	r.t.Helper()
 	doc := r.doc()
@@ -467,36 +464,20 @@ func (r *rig) boot(ctx context.Context) map[string]bootResult {
 			out[serial] = br
 			continue
 		}
-		reset := false
+		var cands []unlock.Candidate
 		for _, c := range doc.Candidates(serial) {
 			if fr == nil || fr.Secrets[c.Name] == nil {
 				br.err = fmt.Errorf("key %s not fetched: %v", c.Name, ferr)
 				continue
 			}
-			pin, err := keys.PIN(fr.Secrets[c.Name], keys.RoleAdmin1, serial)
-			if err != nil {
-				r.t.Fatal(err)
+			cands = append(cands, unlock.Candidate{Generation: c.Generation, Key: fr.Secrets[c.Name]})
+		}
+		if len(cands) > 0 {
+			res := unlock.Drive(ctx, d, serial, cands)
+			br.wrong, br.err = res.Wrong, res.Err
+			if res.Unlocked {
+				br.generation = res.Generation
 			}
-			ur, err := d.Unlock(ctx, pin.Bytes())
-			pin.Zero()
-			if err == nil {
-				br.generation, br.err = c.Generation, nil
-				break
-			}
-			br.err = err
-			if errors.Is(err, sed.ErrWrongCredential) {
-				br.wrong++
-				if ur.Check.Pending && !reset {
-					reset = true
-					d.ResetGuard(sed.Admin1)
-					continue
-				}
-				break
-			}
-			if errors.Is(err, sed.ErrVerifierMismatch) {
-				continue
-			}
-			break
 		}
 		out[serial] = br
 	}

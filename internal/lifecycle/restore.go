@@ -10,8 +10,8 @@ import (
 
 	"github.com/sedboot/sedboot/internal/backup"
 	"github.com/sedboot/sedboot/internal/config"
-	"github.com/sedboot/sedboot/internal/secret"
 	"github.com/sedboot/sedboot/internal/sed"
+	"github.com/sedboot/sedboot/internal/unlock"
 )
 
 // BackupKeys fetches the keys of every generation a drive may hold
@@ -242,30 +242,23 @@ type DriveUnlock struct {
 }
 
 // UnlockFromBackup unlocks one drive with its key from a backup set (the
-// recovery shell's way in when no key server answers). Keys are checked
-// against the drive's verifier first, so a wrong one costs no try; prefer
-// lists generations to try first (the boot medium's candidates), the rest
-// follow newest first. Without a verifier nothing is presented unless
-// force is set, and then only the most likely key, once.
+// recovery shell's way in when no key server answers), with the boot
+// agent's policy (unlock.Drive). Keys are checked against the drive's
+// verifier first, so a wrong one costs no try, and a key the verifier
+// matches under another generation is refused; prefer lists generations to
+// try first (the boot medium's candidates), the rest follow newest first.
+// Without a verifier nothing is presented unless force is set, and then
+// only the most likely key, once. The set is left as it was.
 func UnlockFromBackup(ctx context.Context, d *sed.Drive, set *backup.Set, prefer []int, force bool) (*DriveUnlock, error) {
 	serial, err := d.Serial()
 	if err != nil {
 		return nil, err
 	}
 	res := &DriveUnlock{Drive: serial, Device: d.Name()}
-	type cand struct {
-		gen int
-		key *secret.Secret
-	}
-	var cands []cand
+	var gens []*backup.Generation
 	add := func(bg *backup.Generation) {
-		if slices.ContainsFunc(cands, func(c cand) bool { return c.gen == bg.Number }) {
-			return
-		}
-		for _, k := range bg.Keys {
-			if k.Drive == serial {
-				cands = append(cands, cand{bg.Number, k.Value})
-			}
+		if !slices.ContainsFunc(gens, func(g *backup.Generation) bool { return g.Number == bg.Number }) {
+			gens = append(gens, bg)
 		}
 	}
 	for _, n := range prefer {
@@ -278,6 +271,25 @@ func UnlockFromBackup(ctx context.Context, d *sed.Drive, set *backup.Set, prefer
 	for i := range rest {
 		add(&rest[i])
 	}
+	var cands []unlock.Candidate
+	defer func() {
+		for _, c := range cands {
+			c.Key.Zero()
+		}
+	}()
+	for _, bg := range gens {
+		for _, k := range bg.Keys {
+			if k.Drive != serial {
+				continue
+			}
+			// unlock.Drive zeroes its keys; the set stays whole.
+			key, err := k.Value.Clone()
+			if err != nil {
+				return res, fmt.Errorf("drive %s: backup key of generation %d: %w", serial, bg.Number, err)
+			}
+			cands = append(cands, unlock.Candidate{Generation: bg.Number, Source: "backup", Key: key})
+		}
+	}
 	if len(cands) == 0 {
 		return res, fmt.Errorf("the backup holds no key for drive %s (array %s)", serial, set.Array)
 	}
@@ -288,39 +300,20 @@ func UnlockFromBackup(ctx context.Context, d *sed.Drive, set *backup.Set, prefer
 	if !sum.LockingEnabled {
 		return res, fmt.Errorf("drive %s: locking is not enabled on it", serial)
 	}
-	for i, c := range cands {
-		p, err := derive(c.key, serial)
-		if err != nil {
-			return res, err
-		}
-		kc, cerr := d.CheckKey(ctx, sed.Admin1, p.admin1.Bytes())
-		switch {
-		case errors.Is(cerr, sed.ErrVerifierMismatch):
-			p.zero()
-			res.Skipped = append(res.Skipped, c.gen)
-			continue
-		case errors.Is(cerr, sed.ErrNoVerifier):
-			if !force || i > 0 {
-				p.zero()
-				return res, fmt.Errorf("drive %s has no readable key verifier: a wrong key would cost a try; run again with --force to present the generation %d key once", serial, cands[0].gen)
-			}
-		case cerr != nil:
-			p.zero()
-			return res, cerr
-		case kc.Generation != uint64(c.gen):
-			p.zero()
-			return res, fmt.Errorf("drive %s: the backup's generation %d key matches the verifier's generation %d entry", serial, c.gen, kc.Generation)
-		}
-		if !sum.Locked {
-			res.AlreadyUnlocked = true
-		}
-		_, err = d.Unlock(ctx, p.admin1.Bytes())
-		p.zero()
-		if err != nil {
-			return res, err
-		}
-		res.Generation = c.gen
-		return res, nil
+	opts := []unlock.Option{unlock.ExactGeneration()}
+	if !force {
+		opts = append(opts, unlock.RequireVerifier())
 	}
-	return res, fmt.Errorf("no key in the backup matches drive %s's key verifier (generations %v; nothing was presented)", serial, res.Skipped)
+	ur := unlock.Drive(ctx, d, serial, cands, opts...)
+	res.Skipped = ur.Skipped
+	switch {
+	case ur.Unlocked:
+		res.Generation, res.AlreadyUnlocked = ur.Generation, !sum.Locked
+		return res, nil
+	case errors.Is(ur.Err, sed.ErrNoVerifier):
+		return res, fmt.Errorf("drive %s has no readable key verifier: a wrong key would cost a try; run again with --force to present the generation %d key once", serial, cands[0].Generation)
+	case errors.Is(ur.Err, sed.ErrVerifierMismatch) && ur.Presentations == 0:
+		return res, fmt.Errorf("no key in the backup matches drive %s's key verifier (generations %v; nothing was presented)", serial, res.Skipped)
+	}
+	return res, ur.Err
 }
