@@ -24,9 +24,9 @@ func BenchmarkBoot(b *testing.B) {
 				for range b.N {
 					b.StopTimer()
 					a := newArray(b, drives, true)
-					kmip := map[string]string{rig.GuestHost: a.kmsd.Addr}
+					kmip := map[string]string{rig.GuestHost: a.KMSD.Addr}
 					if rtt > 0 {
-						p, err := rig.NewDelayProxy(a.kmsd.Addr, rtt/2)
+						p, err := rig.NewDelayProxy(a.KMSD.Addr, rtt/2)
 						if err != nil {
 							b.Fatal(err)
 						}
@@ -63,10 +63,10 @@ func BenchmarkBoot(b *testing.B) {
 // BenchmarkInitramfsSize builds the production initramfs with zstd -19
 // and reports its size.
 func BenchmarkInitramfsSize(b *testing.B) {
-	bt := setup(b)
+	p := prod.Setup(b)
 	for range b.N {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-		img, err := initramfs.BuildProduction(ctx, bt.kernel, initramfs.Spec{Level: 19})
+		img, err := initramfs.BuildProduction(ctx, p.Kernel, initramfs.Spec{Level: 19})
 		cancel()
 		if err != nil {
 			b.Fatal(err)

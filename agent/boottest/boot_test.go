@@ -20,19 +20,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	imgboot "github.com/sedboot/sedboot/images/boottest"
-	"github.com/sedboot/sedboot/images/kernel"
 	"github.com/sedboot/sedboot/images/qemu"
 	"github.com/sedboot/sedboot/images/rig"
-	"github.com/sedboot/sedboot/initramfs"
 	"github.com/sedboot/sedboot/internal/config"
-	"github.com/sedboot/sedboot/internal/testenv"
 )
 
 const (
@@ -40,68 +35,14 @@ const (
 	technician  = "correct horse battery staple"
 )
 
-// built is what every boot shares.
-type built struct {
-	kernel *kernel.Kernel
-	image  *initramfs.Image
-	root   *rig.RootFS
-	err    error
-}
+var prod imgboot.Production
 
-var (
-	buildOnce sync.Once
-	shared    built
-	buildDir  string
-)
-
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "sedboot-boottest-")
-	if err != nil {
-		panic(err)
-	}
-	buildDir = dir
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
-
-// setup builds the kernel's initramfs and the real OS once per run.
-func setup(t testing.TB) *built {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("boots QEMU guests")
-	}
-	imgboot.RequireQEMU(t)
-	testenv.LookPath(t, "mkfs.ext4", "run scripts/prereqs.sh")
-	testenv.LookPath(t, "zstd", "run scripts/prereqs.sh")
-	k := imgboot.Kernel(t)
-	buildOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-		defer cancel()
-		shared.kernel = k
-		start := time.Now()
-		// zstd level 3 for speed; the size figure uses level 19
-		// (BenchmarkInitramfsSize).
-		shared.image, shared.err = initramfs.BuildProduction(ctx, k, initramfs.Spec{Level: 3})
-		if shared.err != nil {
-			return
-		}
-		t.Logf("production initramfs: %d bytes (zstd -3), built in %s", shared.image.Size, time.Since(start).Round(time.Millisecond))
-		shared.root, shared.err = rig.BuildRootFS(ctx, ".", buildDir, "REALOS")
-	})
-	if shared.err != nil {
-		t.Fatal(shared.err)
-	}
-	return &shared
-}
+func TestMain(m *testing.M) { prod.Main(m) }
 
 // array is one controller's world: its SEDs, key server and boot medium.
 type array struct {
+	*imgboot.Controller
 	t    testing.TB
-	b    *built
-	dir  string
-	rig  *rig.Rig
-	kmsd *rig.KMSD
 	prov *rig.Provisioned
 }
 
@@ -109,22 +50,9 @@ type array struct {
 // them (keys on kmsd, drives enabled, then power cycled: locked).
 func newArray(t testing.TB, n int, provision bool) *array {
 	t.Helper()
-	b := setup(t)
-	a := &array{t: t, b: b, dir: t.TempDir()}
-	r, err := rig.New(rig.Options{Drives: n, RootImage: b.root.Path})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(r.Close)
-	a.rig = r
-	k, err := rig.StartKMSD(a.dir, "kmsd-a", arraySerial, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { k.Close() })
-	a.kmsd = k
+	a := &array{Controller: prod.Setup(t).NewController(t, n, arraySerial), t: t}
 	if provision {
-		a.provision(&k.KeyServer)
+		a.provision(&a.KMSD.KeyServer)
 	}
 	return a
 }
@@ -133,26 +61,21 @@ func (a *array) provision(ks *rig.KeyServer) {
 	a.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	p, err := a.rig.Provision(ctx, ks, arraySerial)
+	p, err := a.Rig.Provision(ctx, ks, arraySerial)
 	if err != nil {
 		a.t.Fatal(err)
 	}
 	a.t.Cleanup(p.Zero)
 	a.prov = p
-	if err := a.rig.PowerCycle(ctx); err != nil {
-		a.t.Fatal(err)
-	}
-	if got := a.rig.Locked(); got != len(a.rig.Drives) {
-		a.t.Fatalf("after provisioning and a power cycle %d of %d drives are locked", got, len(a.rig.Drives))
-	}
+	a.PowerCycle()
 }
 
 // doc returns the boot-medium document with the array's kmsd as the only
 // key server.
 func (a *array) doc(mod func(*rig.DocOptions)) *config.Document {
 	a.t.Helper()
-	o := rig.DocOptions{Array: arraySerial, RootUUID: a.b.root.UUID, Technician: technician,
-		Servers: []rig.GuestServer{{KS: &a.kmsd.KeyServer, GuestAddr: guestKMIP(rig.GuestHost)}}}
+	o := rig.DocOptions{Array: arraySerial, RootUUID: a.P.Root.UUID, Technician: technician,
+		Servers: []rig.GuestServer{{KS: &a.KMSD.KeyServer, GuestAddr: guestKMIP(rig.GuestHost)}}}
 	if mod != nil {
 		mod(&o)
 	}
@@ -170,29 +93,17 @@ func guestKMIP(host string) string { return host + ":5696" }
 // GuestHost -> the array's kmsd).
 func (a *array) boot(name string, doc *config.Document, raw []byte, kmip map[string]string) *qemu.Machine {
 	a.t.Helper()
-	medium := filepath.Join(a.dir, name+"-medium.img")
+	medium := filepath.Join(a.Dir, name+"-medium.img")
 	if err := rig.WriteMedium(medium, doc, raw); err != nil {
 		a.t.Fatal(err)
 	}
-	if kmip == nil {
-		kmip = map[string]string{rig.GuestHost: a.kmsd.Addr}
-	}
-	cfg := a.rig.Guest(rig.GuestOptions{Name: name, Kernel: a.b.kernel.BootImage(), Initrd: a.b.image.Path,
-		Medium: medium, KMIP: kmip})
-	return imgboot.Boot(a.t, cfg)
+	return a.Boot(name, medium, kmip)
 }
 
-// expect waits for re on m's console (at most 2 minutes) and returns the
-// submatches.
+// expect waits for re on m's console and returns the submatches.
 func expect(t testing.TB, m *qemu.Machine, re string) []string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	subs, err := m.Expect(ctx, regexp.MustCompile(re))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return subs
+	return imgboot.Expect(t, m, re)
 }
 
 // realOS waits for the real OS's report and returns the boot record it
@@ -207,32 +118,12 @@ func realOS(t testing.TB, m *qemu.Machine, boots int) map[string]any {
 // seen.
 func realOSAt(t testing.TB, m *qemu.Machine, boots int) (map[string]any, time.Time) {
 	t.Helper()
-	expect(t, m, `REALOS hello: pid 1, root /dev/nvme\d+n\d+ \(ext4\)`)
-	hello := time.Now()
-	js := expect(t, m, `REALOS record-json: (\{[^\r\n]*\})\r?\n`)[1]
-	expect(t, m, `REALOS boots: `+strconv.Itoa(boots)+`\b`)
-	expect(t, m, `REALOS done`)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	e, err := m.Wait(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !e.Clean() {
-		t.Fatalf("guest did not power off cleanly: %s", e)
-	}
+	js, hello := imgboot.RealOS(t, m, boots)
 	var rec map[string]any
-	if err := json.Unmarshal([]byte(js), &rec); err != nil {
+	if err := json.Unmarshal(js, &rec); err != nil {
 		t.Fatalf("boot record from the real OS: %v", err)
 	}
 	return rec, hello
-}
-
-// recoveryPrompt waits for the recovery loop's prompt.
-func recoveryPrompt(t testing.TB, m *qemu.Machine) {
-	t.Helper()
-	expect(t, m, regexp.QuoteMeta("sedboot: RECOVERY:"))
-	expect(t, m, regexp.QuoteMeta("sedboot: technician credential:"))
 }
 
 // TestHappyPath is acceptance (a), with the no-key-material check: four
@@ -254,24 +145,17 @@ func TestHappyPath(t *testing.T) {
 	checkRecord(t, rec, 4)
 	console1 := m.ConsoleText()
 
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	if err := a.rig.PowerCycle(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if a.rig.Locked() != 4 {
-		t.Fatalf("after the power cycle %d of 4 drives are locked", a.rig.Locked())
-	}
+	a.PowerCycle()
 	m2 := a.boot("happy2", doc, nil, nil)
 	rec2 := realOS(t, m2, 2)
 	checkRecord(t, rec2, 4)
 
 	// No key material anywhere.
-	medium, err := os.ReadFile(filepath.Join(a.dir, "happy1-medium.img"))
+	medium, err := os.ReadFile(filepath.Join(a.Dir, "happy1-medium.img"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	cpio, err := exec.Command("zstd", "-dc", a.b.image.Path).Output()
+	cpio, err := exec.Command("zstd", "-dc", a.P.Image.Path).Output()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -345,17 +229,17 @@ func checkRecord(t testing.TB, rec map[string]any, drives int) {
 func TestFailover(t *testing.T) {
 	t.Parallel()
 	a := newArray(t, 2, true)
-	dead := a.kmsd.KeyServer
+	dead := a.KMSD.KeyServer
 	dead.Name = "kms-dead"
 	doc := a.doc(func(o *rig.DocOptions) {
-		o.Servers = []rig.GuestServer{{KS: &dead, GuestAddr: guestKMIP(rig.GuestHost)}, {KS: &a.kmsd.KeyServer, GuestAddr: guestKMIP(rig.GuestHost2)}}
+		o.Servers = []rig.GuestServer{{KS: &dead, GuestAddr: guestKMIP(rig.GuestHost)}, {KS: &a.KMSD.KeyServer, GuestAddr: guestKMIP(rig.GuestHost2)}}
 		o.KeyAttempt = 2 * time.Second
 	})
 	refusing, err := rig.Refusing()
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := a.boot("failover-refused", doc, nil, map[string]string{rig.GuestHost: refusing, rig.GuestHost2: a.kmsd.Addr})
+	m := a.boot("failover-refused", doc, nil, map[string]string{rig.GuestHost: refusing, rig.GuestHost2: a.KMSD.Addr})
 	expect(t, m, `kmip kms-dead: failed`)
 	realOS(t, m, 1)
 
@@ -364,10 +248,8 @@ func TestFailover(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer silent.Close()
-	if err := a.rig.PowerCycle(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	m2 := a.boot("failover-silent", doc, nil, map[string]string{rig.GuestHost: silent.Addr, rig.GuestHost2: a.kmsd.Addr})
+	a.PowerCycle()
+	m2 := a.boot("failover-silent", doc, nil, map[string]string{rig.GuestHost: silent.Addr, rig.GuestHost2: a.KMSD.Addr})
 	expect(t, m2, `kmip kms-dead: failed`)
 	rec := realOS(t, m2, 2)
 	checkRecord(t, rec, 2)
@@ -384,7 +266,7 @@ func TestFailover(t *testing.T) {
 func TestRevokedKeysAndRecoveryShell(t *testing.T) {
 	t.Parallel()
 	a := newArray(t, 4, true)
-	if err := a.prov.Revoke(context.Background(), &a.kmsd.KeyServer); err != nil {
+	if err := a.prov.Revoke(context.Background(), &a.KMSD.KeyServer); err != nil {
 		t.Fatal(err)
 	}
 	m := a.boot("revoked", a.doc(nil), nil, nil)
@@ -396,11 +278,11 @@ func revoked(t *testing.T, a *array, m *qemu.Machine) {
 	expect(t, m, `\[7/10\] keys\s+FAILED`)
 	expect(t, m, `why:.*no key released for 4 of 4 drive`)
 	expect(t, m, `check:.*cryptographically locked`)
-	recoveryPrompt(t, m)
+	imgboot.RecoveryPrompt(t, m)
 	if strings.Contains(m.ConsoleText(), "switching to the real root") {
 		t.Fatal("the boot proceeded")
 	}
-	if got := a.rig.Locked(); got != 4 {
+	if got := a.Rig.Locked(); got != 4 {
 		t.Fatalf("%d of 4 drives locked", got)
 	}
 }
@@ -413,12 +295,14 @@ func recoveryShell(t *testing.T, a *array, m *qemu.Machine) {
 	expect(t, m, regexp.QuoteMeta("sedboot: credential accepted"))
 	m.Send("echo shell-$((6*7))\n")
 	expect(t, m, `shell-42`)
-	m.Send("sedctl drives; echo END-$((1+1))\n")
-	out := expect(t, m, `(?s)END-\$\(\(1\+1\)\)(.*?)END-2`)[1]
+	// The output lies between the two computed markers: the echo of the
+	// typed line holds neither (the line editor may wrap it anywhere).
+	m.Send("echo BEGIN-$((2+2)); sedctl drives; echo END-$((1+1))\n")
+	out := expect(t, m, `(?s)BEGIN-4(.*?)END-2`)[1]
 	if strings.Contains(out, `unknown command "drives"`) {
 		t.Skipf("the recovery shell works, but `sedctl drives` is not implemented yet (tools/sedctl): %s", strings.TrimSpace(out))
 	}
-	for _, d := range a.rig.Drives {
+	for _, d := range a.Rig.Drives {
 		if !regexp.MustCompile(d.Serial + `.*locked`).MatchString(out) {
 			t.Errorf("sedctl drives does not list %s as locked:\n%s", d.Serial, out)
 		}
@@ -434,7 +318,7 @@ func recoveryShell(t *testing.T, a *array, m *qemu.Machine) {
 func TestBadTLS(t *testing.T) {
 	t.Parallel()
 	a := newArray(t, 1, true)
-	other, err := rig.StartKMSD(a.dir, "other", arraySerial, nil)
+	other, err := rig.StartKMSD(a.Dir, "other", arraySerial, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -455,9 +339,9 @@ func TestBadTLS(t *testing.T) {
 		expect(t, m, `\[7/10\] keys\s+FAILED`)
 		expect(t, m, tc.check)
 		expect(t, m, `check:.*certificate`)
-		recoveryPrompt(t, m)
+		imgboot.RecoveryPrompt(t, m)
 		m.Kill()
-		if a.rig.Locked() != 1 {
+		if a.Rig.Locked() != 1 {
 			t.Fatalf("%s: the drive is not locked", tc.name)
 		}
 	}
@@ -480,7 +364,7 @@ func TestMalformedMedium(t *testing.T) {
 	m := a.boot("malformed", nil, bad, nil)
 	expect(t, m, `\[2/10\] boot medium\s+FAILED`)
 	expect(t, m, regexp.QuoteMeta(`kms.servers[0].address`)+`.*has no port`)
-	recoveryPrompt(t, m)
+	imgboot.RecoveryPrompt(t, m)
 	m.Send(technician + "\n")
 	expect(t, m, regexp.QuoteMeta("sedboot: credential accepted"))
 }

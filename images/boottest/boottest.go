@@ -125,7 +125,13 @@ func WaitFor(t testing.TB, m *qemu.Machine, marker string) {
 // failure report (guest.Failed) ends the wait with a test failure.
 func Expect(t testing.TB, m *qemu.Machine, re string) []string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), DefaultWait)
+	return ExpectWithin(t, m, re, DefaultWait)
+}
+
+// ExpectWithin is Expect waiting at most wait.
+func ExpectWithin(t testing.TB, m *qemu.Machine, re string, wait time.Duration) []string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
 	// The failure line must be complete: the console may deliver it in
 	// pieces, and matching its start alone would lose the reason.

@@ -21,18 +21,14 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	imgboot "github.com/sedboot/sedboot/images/boottest"
-	"github.com/sedboot/sedboot/images/kernel"
 	"github.com/sedboot/sedboot/images/qemu"
 	"github.com/sedboot/sedboot/images/rig"
-	"github.com/sedboot/sedboot/initramfs"
 	"github.com/sedboot/sedboot/internal/backup"
 	"github.com/sedboot/sedboot/internal/bootmedium"
 	"github.com/sedboot/sedboot/internal/config"
@@ -40,7 +36,6 @@ import (
 	"github.com/sedboot/sedboot/internal/kms"
 	"github.com/sedboot/sedboot/internal/kms/kmscheck"
 	"github.com/sedboot/sedboot/internal/lifecycle"
-	"github.com/sedboot/sedboot/internal/testenv"
 )
 
 const (
@@ -49,85 +44,24 @@ const (
 	passphrase  = "a long enough passphrase"
 )
 
-type built struct {
-	kernel *kernel.Kernel
-	image  *initramfs.Image
-	root   *rig.RootFS
-	err    error
-}
+var prod imgboot.Production
 
-var (
-	buildOnce sync.Once
-	shared    built
-	buildDir  string
-)
-
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "sedboot-lifecycle-qemu-")
-	if err != nil {
-		panic(err)
-	}
-	buildDir = dir
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
-
-// setup builds the production initramfs and the real OS once per run.
-func setup(t testing.TB) *built {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("boots QEMU guests")
-	}
-	imgboot.RequireQEMU(t)
-	testenv.LookPath(t, "mkfs.ext4", "run scripts/prereqs.sh")
-	testenv.LookPath(t, "zstd", "run scripts/prereqs.sh")
-	k := imgboot.Kernel(t)
-	buildOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-		defer cancel()
-		shared.kernel = k
-		shared.image, shared.err = initramfs.BuildProduction(ctx, k, initramfs.Spec{Level: 3})
-		if shared.err != nil {
-			return
-		}
-		shared.root, shared.err = rig.BuildRootFS(ctx, ".", buildDir, "REALOS")
-	})
-	if shared.err != nil {
-		t.Fatal(shared.err)
-	}
-	return &shared
-}
+func TestMain(m *testing.M) { prod.Main(m) }
 
 // world is one controller's SEDs, key server and boot medium.
 type world struct {
+	*imgboot.Controller
 	t      *testing.T
-	b      *built
-	dir    string
-	rig    *rig.Rig
-	kmsd   *rig.KMSD
 	medium string
 	boots  int // successful boots of the real OS so far
 }
 
 func newWorld(t *testing.T, drives int) *world {
 	t.Helper()
-	b := setup(t)
-	w := &world{t: t, b: b, dir: t.TempDir()}
-	r, err := rig.New(rig.Options{Drives: drives, RootImage: b.root.Path})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(r.Close)
-	w.rig = r
-	k, err := rig.StartKMSD(w.dir, "kmsd-a", arraySerial, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { k.Close() })
-	w.kmsd = k
+	w := &world{Controller: prod.Setup(t).NewController(t, drives, arraySerial), t: t}
+	k := w.KMSD
 	// Mode none, no inventory: what a controller has before enabling.
-	doc, err := rig.Document(nil, rig.DocOptions{Array: arraySerial, RootUUID: b.root.UUID, Technician: technician})
+	doc, err := rig.Document(nil, rig.DocOptions{Array: arraySerial, RootUUID: w.P.Root.UUID, Technician: technician})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,7 +70,7 @@ func newWorld(t *testing.T, drives int) *world {
 		CA:         string(k.CAPEM),
 		ClientCert: string(k.ArrayCert), ClientKey: string(k.ArrayKey),
 	}
-	w.medium = filepath.Join(w.dir, "medium.img")
+	w.medium = filepath.Join(w.Dir, "medium.img")
 	if err := rig.WriteMedium(w.medium, doc, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -162,13 +96,13 @@ func (w *world) array() *lifecycle.Array {
 		w.t.Fatal(err)
 	}
 	a := &lifecycle.Array{Doc: doc, Medium: m, Concurrency: 1}
-	for i := range w.rig.Drives {
-		a.Drives = append(a.Drives, w.rig.HostDrive(i))
+	for i := range w.Rig.Drives {
+		a.Drives = append(a.Drives, w.Rig.HostDrive(i))
 	}
-	if a.Admin, err = w.kmsd.Client(true); err != nil {
+	if a.Admin, err = w.KMSD.Client(true); err != nil {
 		w.t.Fatal(err)
 	}
-	if a.Agent, err = w.kmsd.Client(false); err != nil {
+	if a.Agent, err = w.KMSD.Client(false); err != nil {
 		w.t.Fatal(err)
 	}
 	return a
@@ -199,32 +133,14 @@ func ctx(t testing.TB) context.Context {
 	return c
 }
 
-func (w *world) powerCycle() {
-	w.t.Helper()
-	if err := w.rig.PowerCycle(ctx(w.t)); err != nil {
-		w.t.Fatal(err)
-	}
-	if got := w.rig.Locked(); got != len(w.rig.Drives) {
-		w.t.Fatalf("after a power cycle %d of %d drives are locked", got, len(w.rig.Drives))
-	}
-}
-
 func (w *world) boot(name string) *qemu.Machine {
 	w.t.Helper()
-	cfg := w.rig.Guest(rig.GuestOptions{Name: name, Kernel: w.b.kernel.VmlinuzPath, Initrd: w.b.image.Path,
-		Medium: w.medium, KMIP: map[string]string{rig.GuestHost: w.kmsd.Addr}})
-	return imgboot.Boot(w.t, cfg)
+	return w.Boot(name, w.medium, nil)
 }
 
 func expect(t testing.TB, m *qemu.Machine, re string) []string {
 	t.Helper()
-	c, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	subs, err := m.Expect(c, regexp.MustCompile(re))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return subs
+	return imgboot.ExpectWithin(t, m, re, 3*time.Minute)
 }
 
 // driveRecord is one drive of the agent's boot record.
@@ -242,23 +158,15 @@ type driveRecord struct {
 // with.
 func (w *world) bootOK(name string, maxWrong int) map[string]int {
 	w.t.Helper()
-	w.powerCycle()
+	w.PowerCycle()
 	m := w.boot(name)
-	expect(w.t, m, `REALOS hello: pid 1`)
-	js := expect(w.t, m, `REALOS record-json: (\{[^\r\n]*\})\r?\n`)[1]
 	w.boots++
-	expect(w.t, m, `REALOS boots: `+strconv.Itoa(w.boots)+`\b`)
-	expect(w.t, m, `REALOS done`)
-	c, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	if _, err := m.Wait(c); err != nil {
-		w.t.Fatal(err)
-	}
+	js, _ := imgboot.RealOS(w.t, m, w.boots)
 	var rec struct {
 		Outcome string        `json:"outcome"`
 		Drives  []driveRecord `json:"drives"`
 	}
-	if err := json.Unmarshal([]byte(js), &rec); err != nil {
+	if err := json.Unmarshal(js, &rec); err != nil {
 		w.t.Fatal(err)
 	}
 	gens := map[string]int{}
@@ -273,7 +181,7 @@ func (w *world) bootOK(name string, maxWrong int) map[string]int {
 		}
 		gens[d.Serial] = d.Generation
 	}
-	if rec.Outcome != "switch_root" || len(gens) != len(w.rig.Drives) {
+	if rec.Outcome != "switch_root" || len(gens) != len(w.Rig.Drives) {
 		w.t.Fatalf("%s: record %+v", name, rec)
 	}
 	return gens
@@ -283,18 +191,17 @@ func (w *world) bootOK(name string, maxWrong int) map[string]int {
 // with every drive locked.
 func (w *world) bootLocked(name, why string) {
 	w.t.Helper()
-	w.powerCycle()
+	w.PowerCycle()
 	m := w.boot(name)
 	expect(w.t, m, `\[7/10\] keys\s+FAILED`)
 	expect(w.t, m, why)
-	expect(w.t, m, regexp.QuoteMeta("sedboot: RECOVERY:"))
-	expect(w.t, m, regexp.QuoteMeta("sedboot: technician credential:"))
+	imgboot.RecoveryPrompt(w.t, m)
 	if strings.Contains(m.ConsoleText(), "switching to the real root") {
 		w.t.Fatal("the boot proceeded")
 	}
 	m.Kill()
-	if got := w.rig.Locked(); got != len(w.rig.Drives) {
-		w.t.Fatalf("%s: %d of %d drives locked", name, got, len(w.rig.Drives))
+	if got := w.Rig.Locked(); got != len(w.Rig.Drives) {
+		w.t.Fatalf("%s: %d of %d drives locked", name, got, len(w.Rig.Drives))
 	}
 }
 
@@ -303,7 +210,7 @@ func (w *world) states(gen int) map[kms.State]int {
 	w.t.Helper()
 	a := w.array()
 	g := a.Doc.Keys.Generation(gen)
-	c, err := w.kmsd.Conn(ctx(w.t), true)
+	c, err := w.KMSD.Conn(ctx(w.t), true)
 	if err != nil {
 		w.t.Fatal(err)
 	}
@@ -379,7 +286,7 @@ func TestRotateCrashBoot(t *testing.T) {
 				return nil
 			}
 			at = p
-			if err := w.rig.PowerCycle(context.Background()); err != nil {
+			if err := w.Rig.PowerCycle(context.Background()); err != nil {
 				return fmt.Errorf("power cycle: %w", err)
 			}
 			return errors.New("power cut")
@@ -423,7 +330,7 @@ func TestBackupRestoreBoot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	file := filepath.Join(w.dir, "keys.age")
+	file := filepath.Join(w.Dir, "keys.age")
 	f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		t.Fatal(err)
@@ -435,12 +342,12 @@ func TestBackupRestoreBoot(t *testing.T) {
 	f.Close()
 
 	// Lose the keys on the key server.
-	c, err := w.kmsd.Conn(ctx(t), true)
+	c, err := w.KMSD.Conn(ctx(t), true)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, dk := range w.array().Doc.Keys.Active().Drives {
-		id := dk.IDs[w.kmsd.Name]
+		id := dk.IDs[w.KMSD.Name]
 		if err := c.Revoke(ctx(t), id, kms.RevokeCessation, "test: keys lost"); err != nil {
 			t.Fatal(err)
 		}
