@@ -1,8 +1,14 @@
 package guest
 
 import (
+	"bytes"
+	"errors"
 	"maps"
+	"os"
+	"path/filepath"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestParseKernelArgs(t *testing.T) {
@@ -20,5 +26,45 @@ func TestParseKernelArgs(t *testing.T) {
 		if got := ParseKernelArgs(tt.in); !maps.Equal(got, tt.want) {
 			t.Errorf("ParseKernelArgs(%q) = %v, want %v", tt.in, got, tt.want)
 		}
+	}
+}
+
+func TestKmsgMessage(t *testing.T) {
+	for _, tc := range []struct{ rec, want string }{
+		{"6,1234,5678901,-;nvme nvme0: new ctrl: NQN \"x\"\n", `nvme nvme0: new ctrl: NQN "x"`},
+		{"3,9,10,c;first line \n SUBSYSTEM=block\n DEVICE=+block:nvme0n1\n", "first line"},
+		{"no separator", ""},
+		{"4,1,2,-;", ""},
+	} {
+		if got := kmsgMessage(tc.rec); got != tc.want {
+			t.Errorf("kmsgMessage(%q) = %q, want %q", tc.rec, got, tc.want)
+		}
+	}
+}
+
+func TestDirectReadWrite(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "disk.img")
+	if err := os.WriteFile(f, make([]byte, 1<<16), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	data := bytes.Repeat([]byte("sedboot guest "), 4096/14+1)[:4096]
+	if err := DirectWrite(f, 8192, data); err != nil {
+		if errors.Is(err, unix.EINVAL) {
+			t.Skipf("the file system of %s refuses O_DIRECT: %v", f, err)
+		}
+		t.Fatal(err)
+	}
+	got, err := DirectRead(f, 8192, len(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatal("data read back differs")
+	}
+	if raw, _ := os.ReadFile(f); !bytes.Equal(raw[8192:8192+4096], data) {
+		t.Fatal("the write did not land at its offset")
+	}
+	if _, err := DirectRead(filepath.Join(t.TempDir(), "missing"), 0, 512); err == nil {
+		t.Fatal("read of a missing device succeeded")
 	}
 }

@@ -75,7 +75,7 @@ func main() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	kmsg, err := unix.Open("/dev/kmsg", unix.O_RDONLY|unix.O_NONBLOCK, 0)
+	kmsg, err := guest.OpenKernelLog()
 	if err != nil {
 		g.Fail(err)
 	}
@@ -94,7 +94,7 @@ func main() {
 		err = fmt.Errorf("unknown scenario sedboot.scenario=%q", sc)
 	}
 	clear(pin)
-	t.dumpKernelLog("kmsg-after")
+	t.kmsg.Echo(t.g, "kmsg-after", "nvme", "opal")
 	if err != nil {
 		g.Fail(err)
 	}
@@ -104,7 +104,7 @@ func main() {
 // tester reports on the console and reads the kernel log.
 type tester struct {
 	g    *guest.Guest
-	kmsg int
+	kmsg *guest.KernelLog
 }
 
 // fabricDrive is one connected simulated SED.
@@ -220,10 +220,10 @@ func (t *tester) lockCycle(ctx context.Context, nqns []string, pin []byte) error
 			return fmt.Errorf("%s: locking already enabled before the host enabled it", d.ctrl.Device())
 		}
 		p := pattern(serial)
-		if err := directWrite(d.disk, patternOff, p); err != nil {
+		if err := guest.DirectWrite(d.disk, patternOff, p); err != nil {
 			return err
 		}
-		got, err := directRead(d.disk, patternOff, len(p))
+		got, err := guest.DirectRead(d.disk, patternOff, len(p))
 		if err != nil {
 			return err
 		}
@@ -233,7 +233,7 @@ func (t *tester) lockCycle(ctx context.Context, nqns []string, pin []byte) error
 	}
 	t.g.Reportf("level 0 discovery ok on %d drives", len(drives))
 	t.g.Reportf("data written to %d drives", len(drives))
-	t.dumpKernelLog("kmsg")
+	t.kmsg.Echo(t.g, "kmsg", "nvme", "opal")
 	t.g.Reportf("awaiting the host: enable locking and power cycle")
 	line, err := readLine(ctx)
 	if err != nil {
@@ -245,7 +245,7 @@ func (t *tester) lockCycle(ctx context.Context, nqns []string, pin []byte) error
 	// The kernel reconnects on its own after the power cycle (reconnect
 	// delay 1 s); reads queue meanwhile and then reach the locked drive.
 	for i, d := range drives {
-		if _, err := directRead(d.disk, patternOff, 4096); err == nil {
+		if _, err := guest.DirectRead(d.disk, patternOff, 4096); err == nil {
 			return fmt.Errorf("%s: read succeeded after the power cycle although locking is enabled", d.disk)
 		} else {
 			t.g.Reportf("%s: read after power cycle fails: %v", d.disk, err)
@@ -279,7 +279,7 @@ func (t *tester) lockCycle(ctx context.Context, nqns []string, pin []byte) error
 		return fmt.Errorf("unlock %s: %w", first.ctrl.Device(), err)
 	}
 	t.g.Reportf("%s: unlocked with sed.Unlock in %s (verifier %s, %s)", first.ctrl.Device(), time.Since(start).Round(time.Millisecond), res.Check.Source, res.Tries)
-	got, err := directRead(first.disk, patternOff, patternLen)
+	got, err := guest.DirectRead(first.disk, patternOff, patternLen)
 	if err != nil {
 		return fmt.Errorf("read after unlocking: %w", err)
 	}
@@ -288,7 +288,7 @@ func (t *tester) lockCycle(ctx context.Context, nqns []string, pin []byte) error
 	}
 	t.g.Reportf("%s: data written before locking reads back intact", first.disk)
 	for _, d := range drives[1:] {
-		if _, err := directRead(d.disk, patternOff, 4096); err == nil {
+		if _, err := guest.DirectRead(d.disk, patternOff, 4096); err == nil {
 			return fmt.Errorf("%s: read succeeded, but only %s was unlocked", d.disk, first.disk)
 		}
 	}
@@ -449,7 +449,7 @@ func sequential(dev string, write bool, bs int, total int64) (float64, error) {
 		return 0, fmt.Errorf("open %s: %w", dev, err)
 	}
 	defer unix.Close(fd)
-	b, free, err := alignedBuf(bs)
+	b, free, err := guest.AlignedBuffer(bs)
 	if err != nil {
 		return 0, err
 	}
@@ -516,66 +516,4 @@ func uptime() (time.Duration, error) {
 		return 0, err
 	}
 	return time.Duration(s * float64(time.Second)), nil
-}
-
-func alignedBuf(n int) ([]byte, func(), error) {
-	b, err := unix.Mmap(-1, 0, n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
-	if err != nil {
-		return nil, nil, err
-	}
-	return b, func() { _ = unix.Munmap(b) }, nil
-}
-
-func directWrite(dev string, off int64, data []byte) error {
-	fd, err := unix.Open(dev, unix.O_WRONLY|unix.O_DIRECT, 0)
-	if err != nil {
-		return fmt.Errorf("open %s: %w", dev, err)
-	}
-	defer unix.Close(fd)
-	b, free, err := alignedBuf(len(data))
-	if err != nil {
-		return err
-	}
-	defer free()
-	copy(b, data)
-	if _, err := unix.Pwrite(fd, b, off); err != nil {
-		return fmt.Errorf("write %s: %w", dev, err)
-	}
-	return unix.Fsync(fd)
-}
-
-func directRead(dev string, off int64, n int) ([]byte, error) {
-	fd, err := unix.Open(dev, unix.O_RDONLY|unix.O_DIRECT, 0)
-	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", dev, err)
-	}
-	defer unix.Close(fd)
-	b, free, err := alignedBuf(n)
-	if err != nil {
-		return nil, err
-	}
-	defer free()
-	if _, err := unix.Pread(fd, b, off); err != nil {
-		return nil, fmt.Errorf("read %s: %w", dev, err)
-	}
-	return append([]byte(nil), b...), nil
-}
-
-// dumpKernelLog echoes the kernel's new nvme and opal messages to the
-// console, each line starting with label.
-func (t *tester) dumpKernelLog(label string) {
-	buf := make([]byte, 8192)
-	for range 100000 {
-		n, err := unix.Read(t.kmsg, buf)
-		if err != nil || n <= 0 {
-			return
-		}
-		rec := string(buf[:n])
-		if i := strings.IndexByte(rec, ';'); i >= 0 {
-			msg := strings.TrimSpace(strings.SplitN(rec[i+1:], "\n", 2)[0])
-			if strings.Contains(msg, "nvme") || strings.Contains(msg, "opal") {
-				t.g.Reportf("%s: %s", label, msg)
-			}
-		}
-	}
 }

@@ -45,13 +45,13 @@ func main() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	kmsg, err := unix.Open("/dev/kmsg", unix.O_RDONLY|unix.O_NONBLOCK, 0)
+	kmsg, err := guest.OpenKernelLog()
 	if err != nil {
 		g.Fail(err)
 	}
 	t := &tester{g: g, kmsg: kmsg}
 	err = t.run(ctx, strings.Split(args["sedboot.nqns"], ","))
-	t.dumpKernelLog("kmsg-after")
+	t.kmsg.Echo(t.g, "kmsg-after", "nvme", "opal")
 	if err != nil {
 		g.Fail(err)
 	}
@@ -61,7 +61,7 @@ func main() {
 // tester reports on the console and reads the kernel log.
 type tester struct {
 	g    *guest.Guest
-	kmsg int
+	kmsg *guest.KernelLog
 }
 
 func (t *tester) run(ctx context.Context, nqns []string) error {
@@ -114,10 +114,10 @@ func (t *tester) run(ctx context.Context, nqns []string) error {
 	}
 	pattern := bytes.Repeat([]byte("sedboot nvmetcp linux interop. "), 1<<20/31+1)[:1<<20]
 	for _, d := range disks {
-		if err := directWrite(d, 1<<20, pattern); err != nil {
+		if err := guest.DirectWrite(d, 1<<20, pattern); err != nil {
 			return err
 		}
-		got, err := directRead(d, 1<<20, len(pattern))
+		got, err := guest.DirectRead(d, 1<<20, len(pattern))
 		if err != nil {
 			return err
 		}
@@ -129,7 +129,7 @@ func (t *tester) run(ctx context.Context, nqns []string) error {
 	if err := t.sedOpal(disks[0], pattern); err != nil {
 		return err
 	}
-	t.dumpKernelLog("kmsg")
+	t.kmsg.Echo(t.g, "kmsg", "nvme", "opal")
 	return t.afterPowerCycle(ctx, disks[0], pattern)
 }
 
@@ -142,7 +142,7 @@ func (t *tester) afterPowerCycle(ctx context.Context, dev string, pattern []byte
 		// Access Denied (ENODATA) means the drive locked; other errors
 		// come from the associations going down, and a command may still
 		// reach the drive before its power cycle.
-		_, err := directRead(dev, 1<<20, 4096)
+		_, err := guest.DirectRead(dev, 1<<20, 4096)
 		if errors.Is(err, unix.ENODATA) {
 			t.g.Reportf("%s: read after power cycle fails as it must: %v", dev, err)
 			break
@@ -165,7 +165,7 @@ func (t *tester) afterPowerCycle(ctx context.Context, dev string, pattern []byte
 	if err := opalIoctl(fd, 221, unsafe.Pointer(&unlock), unsafe.Sizeof(unlock)); err != nil {
 		return fmt.Errorf("IOC_OPAL_LOCK_UNLOCK(RW) after power cycle: %w", err)
 	}
-	got, err := directRead(dev, 1<<20, len(pattern))
+	got, err := guest.DirectRead(dev, 1<<20, len(pattern))
 	if err != nil {
 		return fmt.Errorf("read after unlocking the power-cycled drive: %w", err)
 	}
@@ -219,49 +219,6 @@ func (t *tester) tcgDiscovery(dev string) error {
 	defer cs.Close()
 	t.g.Reportf("%s: TCG level 0 ok: Opal 2 base ComID %#x, locking enabled %v, locked %v", dev, d0.OpalV2.BaseComID, d0.Locking.LockingEnabled, d0.Locking.Locked)
 	return nil
-}
-
-func alignedBuf(n int) ([]byte, func(), error) {
-	b, err := unix.Mmap(-1, 0, n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
-	if err != nil {
-		return nil, nil, err
-	}
-	return b, func() { _ = unix.Munmap(b) }, nil
-}
-
-func directWrite(dev string, off int64, data []byte) error {
-	fd, err := unix.Open(dev, unix.O_WRONLY|unix.O_DIRECT, 0)
-	if err != nil {
-		return fmt.Errorf("open %s: %w", dev, err)
-	}
-	defer unix.Close(fd)
-	b, free, err := alignedBuf(len(data))
-	if err != nil {
-		return err
-	}
-	defer free()
-	copy(b, data)
-	if _, err := unix.Pwrite(fd, b, off); err != nil {
-		return fmt.Errorf("write %s: %w", dev, err)
-	}
-	return unix.Fsync(fd)
-}
-
-func directRead(dev string, off int64, n int) ([]byte, error) {
-	fd, err := unix.Open(dev, unix.O_RDONLY|unix.O_DIRECT, 0)
-	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", dev, err)
-	}
-	defer unix.Close(fd)
-	b, free, err := alignedBuf(n)
-	if err != nil {
-		return nil, err
-	}
-	defer free()
-	if _, err := unix.Pread(fd, b, off); err != nil {
-		return nil, fmt.Errorf("read %s: %w", dev, err)
-	}
-	return append([]byte(nil), b...), nil
 }
 
 // sed-opal UAPI (include/uapi/linux/sed-opal.h).
@@ -353,7 +310,7 @@ func (t *tester) sedOpal(dev string, pattern []byte) error {
 		}
 		t.g.Reportf("%s on %s ok", s.name, dev)
 	}
-	if _, err := directRead(dev, 1<<20, 4096); err == nil {
+	if _, err := guest.DirectRead(dev, 1<<20, 4096); err == nil {
 		return fmt.Errorf("%s: read succeeded while the global range is locked", dev)
 	} else {
 		t.g.Reportf("%s: read while locked fails as it must: %v", dev, err)
@@ -361,7 +318,7 @@ func (t *tester) sedOpal(dev string, pattern []byte) error {
 	if err := opalIoctl(fd, 221, unsafe.Pointer(&unlock), unsafe.Sizeof(unlock)); err != nil {
 		return fmt.Errorf("IOC_OPAL_LOCK_UNLOCK(RW) on %s: %w", dev, err)
 	}
-	got, err := directRead(dev, 1<<20, len(pattern))
+	got, err := guest.DirectRead(dev, 1<<20, len(pattern))
 	if err != nil {
 		return fmt.Errorf("read after sed-opal unlock: %w", err)
 	}
@@ -370,24 +327,4 @@ func (t *tester) sedOpal(dev string, pattern []byte) error {
 	}
 	t.g.Reportf("%s: sed-opal unlock ok, data intact", dev)
 	return nil
-}
-
-// dumpKernelLog echoes the kernel's new nvme messages to the console,
-// each line starting with label.
-func (t *tester) dumpKernelLog(label string) {
-	fd := t.kmsg
-	buf := make([]byte, 8192)
-	for range 100000 {
-		n, err := unix.Read(fd, buf)
-		if err != nil || n <= 0 {
-			return
-		}
-		rec := string(buf[:n])
-		if i := strings.IndexByte(rec, ';'); i >= 0 {
-			msg := strings.TrimSpace(strings.SplitN(rec[i+1:], "\n", 2)[0])
-			if strings.Contains(msg, "nvme") || strings.Contains(msg, "opal") {
-				t.g.Reportf("%s: %s", label, msg)
-			}
-		}
-	}
 }
