@@ -96,14 +96,6 @@ func guestConfig(k *kernel.Kernel, img *initramfs.Image, name string, sim *sedsi
 	}
 }
 
-// transportTrouble matches kernel messages that mean the target broke the
-// protocol or the host gave up on it.
-var transportTrouble = regexp.MustCompile(`(?i)(digest|invalid|unexpected|mismatch|not supported|unsupported|failed to|could not|timeout|reset|error recovery|rejecting|bogus|duplicate|mandatory)`)
-
-// afterCycle matches what the kernel rightly says when a power cycle ends
-// its associations and it reconnects.
-var afterCycle = regexp.MustCompile(`(?i)(starting error recovery|reconnect|Reconnecting|failed to connect socket|receive failed|failed to send|Removing ctrl|queue \d+: timeout|could not set timestamp|Successfully reconnected|Property Set error|reset)`)
-
 // newCtrl is the kernel's line for a controller it connected.
 var newCtrl = regexp.MustCompile(`nvme(\d+): new ctrl: NQN "([^"]+)", addr 10\.0\.2\.100:4420`)
 
@@ -114,14 +106,8 @@ var newCtrl = regexp.MustCompile(`nvme(\d+): new ctrl: NQN "([^"]+)", addr 10\.0
 func checkKernelLog(t *testing.T, console string, nqns []string) {
 	t.Helper()
 	connected := map[string]bool{}
-	for _, line := range strings.Split(console, "\n") {
-		i := strings.Index(line, guest.Marker+" kmsg")
-		if i < 0 {
-			continue
-		}
-		line = strings.TrimSpace(line[i:])
-		after := strings.HasPrefix(line, guest.Marker+" kmsg-after:")
-		msg := strings.TrimSpace(line[strings.Index(line, ":")+1:])
+	for _, r := range boottest.EchoedKernelLog(console) {
+		after, msg := r.Label == "kmsg-after", r.Msg
 		if m := newCtrl.FindStringSubmatch(msg); m != nil && !after {
 			connected[m[2]] = true
 		}
@@ -132,10 +118,10 @@ func checkKernelLog(t *testing.T, console string, nqns []string) {
 			}
 			continue
 		}
-		if after && afterCycle.MatchString(msg) {
+		if after && boottest.NVMeReconnect.MatchString(msg) {
 			continue
 		}
-		if transportTrouble.MatchString(msg) {
+		if boottest.NVMeTrouble.MatchString(msg) {
 			t.Errorf("kernel reports a problem: %s", msg)
 		}
 	}

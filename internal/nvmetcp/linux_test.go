@@ -2,7 +2,6 @@ package nvmetcp_test
 
 import (
 	"context"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -14,14 +13,6 @@ import (
 	"github.com/sedboot/sedboot/internal/nvmetcp"
 	"github.com/sedboot/sedboot/internal/opalsim"
 )
-
-// transportTrouble matches kernel messages that mean the target broke the
-// protocol or the host gave up on it.
-var transportTrouble = regexp.MustCompile(`(?i)(digest|invalid|unexpected|mismatch|not supported|unsupported|failed to|could not|timeout|reset|error recovery|rejecting|bogus|duplicate|mandatory)`)
-
-// afterCycle matches what the kernel says, rightly, when a power cycle
-// ends its associations and it reconnects.
-var afterCycle = regexp.MustCompile(`(?i)(starting error recovery|reconnect|Reconnecting|failed to connect socket|receive failed|failed to send|Removing ctrl|queue \d+: timeout|could not set timestamp|Successfully reconnected|Property Set error|reset)`)
 
 // TestLinuxHost boots Debian's 6.12 kernel in QEMU and lets its nvme-tcp
 // driver and sed-opal use two opalsim drives through the target: discovery,
@@ -91,25 +82,19 @@ func TestLinuxHost(t *testing.T) {
 	t.Logf("guest start to pass: %s", time.Since(start).Round(time.Millisecond))
 	boottest.WaitExit(t, m)
 
-	for _, line := range strings.Split(m.ConsoleText(), "\n") {
-		i := strings.Index(line, guest.Marker+" kmsg")
-		if i < 0 {
-			continue
-		}
-		line = strings.TrimSpace(line[i:])
-		t.Log(line)
-		after := strings.HasPrefix(line, guest.Marker+" kmsg-after:")
-		msg := line[strings.Index(line, ":")+1:]
+	for _, r := range boottest.EchoedKernelLog(m.ConsoleText()) {
+		after, msg := r.Label == "kmsg-after", r.Msg
+		t.Logf("%s %s: %s", guest.Marker, r.Label, msg)
 		// Locked reads fail with Access Denied; after the power cycle the
 		// host sees its connections drop and reconnects.
 		if strings.Contains(msg, "sc 0x86") || strings.Contains(msg, "medium error") || strings.Contains(msg, "I/O error") {
 			continue
 		}
-		if after && afterCycle.MatchString(msg) {
+		if after && boottest.NVMeReconnect.MatchString(msg) {
 			continue
 		}
-		if transportTrouble.MatchString(msg) {
-			t.Errorf("kernel reports a problem: %s", strings.TrimSpace(msg))
+		if boottest.NVMeTrouble.MatchString(msg) {
+			t.Errorf("kernel reports a problem: %s", msg)
 		}
 	}
 	st := drives[0].Status()
