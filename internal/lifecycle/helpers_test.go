@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -17,7 +16,6 @@ import (
 	"github.com/sedboot/sedboot/internal/config"
 	"github.com/sedboot/sedboot/internal/keys"
 	"github.com/sedboot/sedboot/internal/kms"
-	"github.com/sedboot/sedboot/internal/kms/kmscheck"
 	"github.com/sedboot/sedboot/internal/kmsserver"
 	"github.com/sedboot/sedboot/internal/opalsim"
 	"github.com/sedboot/sedboot/internal/pki"
@@ -343,33 +341,8 @@ func (r *rig) open() *Array {
 	return a
 }
 
-// check is the key-server check enabling requires ("sedctl kms check"):
-// the array's identity, with the administrator as the second identity.
-func check(a *Array) func(context.Context) error {
-	return func(ctx context.Context) error {
-		cfg := kmscheck.Config{KMS: a.Agent.Config()}
-		if a.Admin != a.Agent {
-			other := a.Admin.Config()
-			cfg.Other = &other
-		}
-		rep, err := kmscheck.Check(ctx, cfg)
-		if err != nil {
-			return err
-		}
-		if !rep.OK {
-			var bad []string
-			for _, s := range rep.Servers {
-				for _, p := range s.Problems {
-					if p.Fatal {
-						bad = append(bad, s.Name+": "+p.What)
-					}
-				}
-			}
-			return fmt.Errorf("kms check: not every server is fit: %s", strings.Join(bad, "; "))
-		}
-		return nil
-	}
-}
+// check is the key-server check enabling requires ("sedctl kms check").
+func check(a *Array) func(context.Context) error { return a.CheckFit }
 
 // enable enables the rig's array.
 func (r *rig) enable(ctx context.Context) *EnableResult {

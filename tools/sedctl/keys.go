@@ -13,7 +13,6 @@ import (
 
 	"github.com/sedboot/sedboot/internal/backup"
 	"github.com/sedboot/sedboot/internal/config"
-	"github.com/sedboot/sedboot/internal/kms/kmscheck"
 	"github.com/sedboot/sedboot/internal/lifecycle"
 	"github.com/sedboot/sedboot/internal/pki"
 	"github.com/sedboot/sedboot/internal/sed"
@@ -147,17 +146,6 @@ func cmdDrives(ctx context.Context, e *env, args []string) error {
 
 // --- kms check ----------------------------------------------------------
 
-// kmsCheck runs the key-server check with the array's identity (and the
-// administrator's as the second identity when it differs).
-func kmsCheck(ctx context.Context, a *lifecycle.Array, requireLock bool) (*kmscheck.Report, error) {
-	cfg := kmscheck.Config{KMS: a.Agent.Config(), RequireLock: requireLock, Prefix: a.Doc.Array.Prefix() + "-check"}
-	if a.Admin != nil && lifecycle.ClientIdentity(a.Admin.Config()) != lifecycle.ClientIdentity(a.Agent.Config()) {
-		other := a.Admin.Config()
-		cfg.Other = &other
-	}
-	return kmscheck.Check(ctx, cfg)
-}
-
 func cmdKMSCheck(ctx context.Context, e *env, args []string) error {
 	fs := flags(e, "kms check", "")
 	af := addArrayFlags(fs, true)
@@ -173,7 +161,7 @@ func cmdKMSCheck(ctx context.Context, e *env, args []string) error {
 	if o.a.Doc.KMS == nil {
 		return errors.New("no key servers configured on the boot medium (kms section)")
 	}
-	rep, err := kmsCheck(ctx, o.a, *requireLock)
+	rep, err := o.a.KMSCheck(ctx, *requireLock)
 	if err != nil {
 		return err
 	}
@@ -235,7 +223,7 @@ func cmdEnable(ctx context.Context, e *env, args []string) error {
 		}
 	}
 	check := func(ctx context.Context) error {
-		rep, err := kmsCheck(ctx, a, false)
+		rep, err := a.KMSCheck(ctx, false)
 		if err != nil {
 			return err
 		}

@@ -455,6 +455,28 @@ func peek(ctx context.Context, ccfg kms.Config, srv kms.Server) *x509.Certificat
 	return certs[0]
 }
 
+// Err returns nil when every server is fit, else an error naming each
+// fatal problem.
+func (r *Report) Err() error {
+	if r.OK {
+		return nil
+	}
+	var bad []string
+	for _, p := range r.Problems {
+		if p.Fatal {
+			bad = append(bad, "client: "+p.What)
+		}
+	}
+	for _, s := range r.Servers {
+		for _, p := range s.Problems {
+			if p.Fatal {
+				bad = append(bad, s.Name+": "+p.What)
+			}
+		}
+	}
+	return fmt.Errorf("kms check: not every key server is fit: %s", strings.Join(bad, "; "))
+}
+
 // WriteText writes the report as tables.
 func (r *Report) WriteText(w io.Writer) error {
 	fit := 0

@@ -49,6 +49,9 @@ func TestFitServerJSON(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := rep.Servers[0]
+	if err := rep.Err(); err != nil {
+		t.Errorf("a fit report's Err: %v", err)
+	}
 	if !rep.OK || !s.Fit || s.KMIPVersion != "1.4" || s.TLSVersion == "" || s.Certificate == nil || s.Certificate.Subject == "" {
 		t.Errorf("report: %+v", s)
 	}
@@ -148,6 +151,9 @@ func TestUnfitServers(t *testing.T) {
 			}
 			if !found {
 				t.Errorf("problems %+v lack %q / %q", rep.Servers[0].Problems, tc.what, tc.fix)
+			}
+			if err := rep.Err(); err == nil || !strings.Contains(err.Error(), rep.Servers[0].Name+": ") || !strings.Contains(err.Error(), tc.what) {
+				t.Errorf("Err() = %v, want it to name %q", err, tc.what)
 			}
 			if tc.clientPb && (len(rep.Problems) == 0 || !strings.Contains(rep.Problems[0].What, "expired")) {
 				t.Errorf("client problems %+v lack the expiry", rep.Problems)
