@@ -37,6 +37,10 @@ const (
 
 var prod imgboot.Production
 
+// enableMedium is the boot-medium image the enable wrote (in the array's
+// directory); each boot gets a medium of its own.
+const enableMedium = "enable-medium.img"
+
 func TestMain(m *testing.M) { prod.Main(m) }
 
 // array is one controller's world: its SEDs, key server and boot medium.
@@ -47,7 +51,8 @@ type array struct {
 }
 
 // newArray makes n SEDs (the real OS on the first), a kmsd, and provisions
-// them (keys on kmsd, drives enabled, then power cycled: locked).
+// them (enabled through lifecycle.Enable with keys on kmsd, then power
+// cycled: locked).
 func newArray(t testing.TB, n int, provision bool) *array {
 	t.Helper()
 	a := &array{Controller: prod.Setup(t).NewController(t, n, arraySerial), t: t}
@@ -61,11 +66,11 @@ func (a *array) provision(ks *rig.KeyServer) {
 	a.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	p, err := a.Rig.Provision(ctx, ks, arraySerial)
+	p, err := a.Rig.Provision(ctx, ks, filepath.Join(a.Dir, enableMedium), rig.DocOptions{Array: arraySerial,
+		RootUUID: a.P.Root.UUID, Technician: technician, Servers: []rig.GuestServer{{KS: ks, GuestAddr: guestKMIP(rig.GuestHost)}}})
 	if err != nil {
 		a.t.Fatal(err)
 	}
-	a.t.Cleanup(p.Zero)
 	a.prov = p
 	a.PowerCycle()
 }
@@ -155,6 +160,10 @@ func TestHappyPath(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	enabled, err := os.ReadFile(filepath.Join(a.Dir, enableMedium))
+	if err != nil {
+		t.Fatal(err)
+	}
 	cpio, err := exec.Command("zstd", "-dc", a.P.Image.Path).Output()
 	if err != nil {
 		t.Fatal(err)
@@ -163,12 +172,26 @@ func TestHappyPath(t *testing.T) {
 	places := map[string][]byte{
 		"initramfs":        cpio,
 		"boot medium":      medium,
+		"enable's medium":  enabled,
 		"console (boot 1)": []byte(console1),
 		"console (boot 2)": []byte(m2.ConsoleText()),
 		"boot record":      recJSON,
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	provisioned, err := a.prov.Secrets(ctx, &a.KMSD.KeyServer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		for _, ss := range provisioned {
+			for _, s := range ss {
+				s.Zero()
+			}
+		}
+	}()
 	checked := 0
-	for serial, secrets := range a.prov.Secrets {
+	for serial, secrets := range provisioned {
 		for i, s := range secrets {
 			what := []string{"key", "SID PIN", "Admin1 PIN"}[i]
 			for form, needle := range encodings(s.Bytes()) {

@@ -4,9 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
-	"strconv"
-	"sync"
 	"time"
 
 	"github.com/sedboot/sedboot/images/qemu"
@@ -14,129 +13,140 @@ import (
 	"github.com/sedboot/sedboot/internal/config"
 	"github.com/sedboot/sedboot/internal/keys"
 	"github.com/sedboot/sedboot/internal/kms"
+	"github.com/sedboot/sedboot/internal/lifecycle"
 	"github.com/sedboot/sedboot/internal/secret"
-	"github.com/sedboot/sedboot/internal/sed"
 	"github.com/sedboot/sedboot/internal/techauth"
 )
 
-// Provisioned is the outcome of Provision: the inventory for the boot
-// medium and, for the no-key-material checks of the tests, the secrets.
+// Provisioned is the outcome of Provision: the array's enabled key
+// generation, for boot-medium documents (Document).
 type Provisioned struct {
 	Array      string
 	Generation config.Generation
-	// Secrets holds each drive's key and its derived PINs (test setup
-	// keeps them to search for them; Zero releases them).
-	Secrets map[string][]*secret.Secret
-	// IDs maps a key name to its unique identifier on the server.
-	IDs map[string]string
 }
 
-// Zero releases the secrets.
-func (p *Provisioned) Zero() {
-	for _, ss := range p.Secrets {
-		for _, s := range ss {
-			s.Zero()
+// Array opens the array whose document is on the boot-medium image at
+// medium as sedctl does on a controller: the rig's drives through the
+// simulator's own interface, and ks under its host address (the document
+// names the guest's), with the administrator's identity, or the array's
+// own when ks has none (PyKMIP lets only an object's owner get it). The
+// closer releases the medium.
+func (r *Rig) Array(medium string, ks *KeyServer) (*lifecycle.Array, io.Closer, error) {
+	m, f, err := bootmedium.Open(medium)
+	if err != nil {
+		return nil, nil, err
+	}
+	fail := func(err error) (*lifecycle.Array, io.Closer, error) {
+		f.Close()
+		return nil, nil, err
+	}
+	b, _, err := m.Read()
+	if err != nil {
+		return fail(err)
+	}
+	doc, err := config.Parse(b)
+	if err != nil {
+		return fail(err)
+	}
+	a := &lifecycle.Array{Doc: doc, Medium: m}
+	for i := range r.Drives {
+		a.Drives = append(a.Drives, r.HostDrive(i))
+	}
+	if a.Agent, err = ks.Client(false); err != nil {
+		return fail(err)
+	}
+	a.Admin = a.Agent
+	if ks.AdminCert != nil {
+		if a.Admin, err = ks.Client(true); err != nil {
+			return fail(err)
 		}
 	}
+	return a, f, nil
 }
 
-// Provision enables every drive with its own new random key (derived SID
-// and Admin1 PINs, key verifier, lock on power cycle) and registers the keys
-// on ks as the array identity, in one Object Group. It is test and demo
-// setup standing in for `sedctl enable`.
-func (r *Rig) Provision(ctx context.Context, ks *KeyServer, array string) (*Provisioned, error) {
-	created := time.Now().UTC().Truncate(time.Second)
-	p := &Provisioned{Array: array, Secrets: map[string][]*secret.Secret{}, IDs: map[string]string{},
-		Generation: config.Generation{Number: 1, Created: created, State: config.GenActive}}
-	var specs []kms.SecretSpec
-	for _, d := range r.Drives {
-		key, err := secret.Random(keys.KeySize)
-		if err != nil {
-			return nil, err
-		}
-		sid, err := keys.PIN(key, keys.RoleSID, d.Serial)
-		if err != nil {
-			return nil, err
-		}
-		admin1, err := keys.PIN(key, keys.RoleAdmin1, d.Serial)
-		if err != nil {
-			return nil, err
-		}
-		p.Secrets[d.Serial] = []*secret.Secret{key, sid, admin1}
-		name := keys.KeyName{Prefix: keys.DefaultPrefix, Array: array, Created: created, Generation: 1, Drive: d.Serial}
-		specs = append(specs, kms.SecretSpec{Name: name.String(), Group: name.Group(), Value: key,
-			Metadata: map[string]string{"array": array, "generation": "1", "drive": d.Serial}, Activate: true})
-		p.Generation.Drives = append(p.Generation.Drives, config.DriveKey{Drive: d.Serial, Name: name.String()})
+// Provision enables encryption on the rig's drives through the product's
+// own path, as `sedctl enable --mode external` does on a controller: it
+// writes the document for o (mode none; key servers o.Servers, by default
+// ks at GuestHost) to a new boot-medium image at medium and runs
+// lifecycle.Enable: the key-server check, one random key per drive
+// registered on ks and proven fetchable with the array's identity, then
+// every drive enabled (derived PINs, key verifier, lock on power cycle)
+// and verified, each step journaled on the medium. The medium then holds
+// the enabled document.
+func (r *Rig) Provision(ctx context.Context, ks *KeyServer, medium string, o DocOptions) (*Provisioned, error) {
+	if len(o.Servers) == 0 {
+		o.Servers = []GuestServer{{KS: ks, GuestAddr: fmt.Sprintf("%s:%d", GuestHost, KMIPPort)}}
 	}
-	// Keys first (as sedctl enable's journal does), then the drives.
-	conn, err := ks.Conn(ctx, false)
+	doc, err := Document(nil, o)
 	if err != nil {
-		return nil, fmt.Errorf("provision: connect to %s: %w", ks.Name, err)
-	}
-	regs, err := conn.RegisterAll(ctx, specs)
-	conn.Close()
-	if err != nil {
-		return nil, fmt.Errorf("provision: register keys on %s: %w", ks.Name, err)
-	}
-	for i, rg := range regs {
-		if rg.Err != nil {
-			return nil, fmt.Errorf("provision: register %s: %w", specs[i].Name, rg.Err)
-		}
-		p.IDs[specs[i].Name] = rg.ID
-		p.Generation.Drives[i].IDs = map[string]string{ks.Name: rg.ID}
-	}
-	var wg sync.WaitGroup
-	errs := make([]error, len(r.Drives))
-	for i, d := range r.Drives {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			s := p.Secrets[d.Serial]
-			_, errs[i] = r.HostDrive(i).Enable(ctx, sedEnable(s[1].Bytes(), s[2].Bytes(), array))
-		}()
-	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("provision: %w", err)
 	}
-	return p, nil
+	if err := WriteMedium(medium, doc, nil); err != nil {
+		return nil, fmt.Errorf("provision: boot medium: %w", err)
+	}
+	a, closer, err := r.Array(medium, ks)
+	if err != nil {
+		return nil, fmt.Errorf("provision: %w", err)
+	}
+	defer closer.Close()
+	if _, err := a.Enable(ctx, lifecycle.EnableOptions{Check: a.CheckFit}); err != nil {
+		return nil, fmt.Errorf("provision: %w", err)
+	}
+	g := a.Doc.Keys.Active()
+	if g == nil {
+		return nil, errors.New("provision: enable left no active key generation")
+	}
+	return &Provisioned{Array: o.Array, Generation: *g}, nil
 }
 
-func sedEnable(sid, admin1 []byte, array string) sed.EnableRequest {
-	return sed.EnableRequest{SID: sid, Admin1: admin1, ArraySerial: array, Generation: 1}
-}
-
-// RegisterOn registers already provisioned keys on another server (a
-// second key server holding the same keys) and records their identifiers.
-func (p *Provisioned) RegisterOn(ctx context.Context, ks *KeyServer) error {
-	var specs []kms.SecretSpec
+// Secrets fetches the provisioned keys from ks with the array's identity
+// and derives each drive's PINs: serial -> key, SID PIN, Admin1 PIN (for
+// tests that search for key material where none may be). The caller
+// zeroes them.
+func (p *Provisioned) Secrets(ctx context.Context, ks *KeyServer) (map[string][]*secret.Secret, error) {
+	c, err := ks.Client(false)
+	if err != nil {
+		return nil, err
+	}
+	req := kms.FetchRequest{Group: keys.Group(keys.DefaultPrefix, p.Array)}
 	for _, dk := range p.Generation.Drives {
-		name, err := keys.ParseName(keys.DefaultPrefix, dk.Name)
+		req.Keys = append(req.Keys, kms.KeyRef{Name: dk.Name, IDs: dk.IDs})
+	}
+	fr, err := c.Fetch(ctx, req)
+	defer fr.Zero()
+	if err != nil {
+		return nil, fmt.Errorf("fetch the provisioned keys from %s: %w", ks.Name, err)
+	}
+	out := map[string][]*secret.Secret{}
+	zero := func() {
+		for _, ss := range out {
+			for _, s := range ss {
+				s.Zero()
+			}
+		}
+	}
+	for _, dk := range p.Generation.Drives {
+		fetched := fr.Secrets[dk.Name]
+		if fetched == nil {
+			zero()
+			return nil, fmt.Errorf("key %s was not fetched from %s", dk.Name, ks.Name)
+		}
+		key, err := fetched.Clone()
 		if err != nil {
-			return err
+			zero()
+			return nil, fmt.Errorf("key %s: %w", dk.Name, err)
 		}
-		specs = append(specs, kms.SecretSpec{Name: dk.Name, Group: name.Group(), Value: p.Secrets[dk.Drive][0], Activate: true,
-			Metadata: map[string]string{"array": p.Array, "generation": strconv.Itoa(p.Generation.Number), "drive": dk.Drive}})
-	}
-	conn, err := ks.Conn(ctx, false)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	regs, err := conn.RegisterAll(ctx, specs)
-	if err != nil {
-		return err
-	}
-	for i, rg := range regs {
-		if rg.Err != nil {
-			return fmt.Errorf("register %s on %s: %w", specs[i].Name, ks.Name, rg.Err)
+		out[dk.Drive] = []*secret.Secret{key}
+		for _, role := range []keys.Role{keys.RoleSID, keys.RoleAdmin1} {
+			pin, err := keys.PIN(key, role, dk.Drive)
+			if err != nil {
+				zero()
+				return nil, err
+			}
+			out[dk.Drive] = append(out[dk.Drive], pin)
 		}
-		if p.Generation.Drives[i].IDs == nil {
-			p.Generation.Drives[i].IDs = map[string]string{}
-		}
-		p.Generation.Drives[i].IDs[ks.Name] = rg.ID
 	}
-	return nil
+	return out, nil
 }
 
 // Revoke makes every key of p non-extractable on ks, as an administrator:
@@ -179,7 +189,9 @@ type DocOptions struct {
 	KeyAttempt time.Duration
 }
 
-// Document returns the boot-medium document for p (nil p: mode none).
+// Document returns a boot-medium document with the key servers o lists:
+// in mode external with p's key generation, or without p in mode none
+// (what a controller has before enabling).
 func Document(p *Provisioned, o DocOptions) (*config.Document, error) {
 	hash, err := techauth.Hash(o.Technician)
 	if err != nil {
@@ -204,9 +216,7 @@ func Document(p *Provisioned, o DocOptions) (*config.Document, error) {
 	if o.DHCP {
 		doc.Network = config.Network{Interface: "eth0", Mode: "dhcp"}
 	}
-	if p != nil {
-		doc.Mode = config.ModeExternal
-		doc.Keys.Generations = []config.Generation{p.Generation}
+	if len(o.Servers) > 0 || p != nil {
 		k := &config.KMS{}
 		for _, s := range o.Servers {
 			k.Servers = append(k.Servers, config.Server{Name: s.KS.Name, Address: s.GuestAddr, ServerName: s.KS.ServerName})
@@ -216,9 +226,13 @@ func Document(p *Provisioned, o DocOptions) (*config.Document, error) {
 			k.CA, k.ClientCert, k.ClientKey = string(first.CAPEM), string(first.ArrayCert), string(first.ArrayKey)
 		}
 		doc.KMS = k
+	}
+	if p != nil {
+		doc.Mode = config.ModeExternal
+		doc.Keys.Generations = []config.Generation{p.Generation}
 		// Keep only identifiers of the servers listed.
 		listed := map[string]bool{}
-		for _, s := range k.Servers {
+		for _, s := range doc.KMS.Servers {
 			listed[s.Name] = true
 		}
 		g := &doc.Keys.Generations[0]

@@ -4,11 +4,12 @@
 // real OS's root file system written onto one SED, provisioning of the
 // SEDs and key server, the boot medium, and the QEMU configuration that
 // reaches all of it through user-network forwards. The boot tests
-// (agent/boottest) and the demo (scripts/demo) use it.
+// (agent/boottest, internal/lifecycle/qemutest) and the demo
+// (images/cmd/demo) use it.
 //
-// Provisioning here is test and demo setup: it enables each drive with
-// sed.Enable and registers its key on the key server, the way `sedctl
-// enable` does on a controller.
+// Provisioning goes through the product's enable path (lifecycle.Enable,
+// as `sedctl enable` runs it), so the boot tests and the demo boot arrays
+// enabled exactly as a controller's are.
 package rig
 
 import (

@@ -21,7 +21,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -30,11 +29,8 @@ import (
 	"github.com/sedboot/sedboot/images/qemu"
 	"github.com/sedboot/sedboot/images/rig"
 	"github.com/sedboot/sedboot/internal/backup"
-	"github.com/sedboot/sedboot/internal/bootmedium"
-	"github.com/sedboot/sedboot/internal/config"
 	"github.com/sedboot/sedboot/internal/keys"
 	"github.com/sedboot/sedboot/internal/kms"
-	"github.com/sedboot/sedboot/internal/kms/kmscheck"
 	"github.com/sedboot/sedboot/internal/lifecycle"
 )
 
@@ -59,21 +55,7 @@ type world struct {
 func newWorld(t *testing.T, drives int) *world {
 	t.Helper()
 	w := &world{Controller: prod.Setup(t).NewController(t, drives, arraySerial), t: t}
-	k := w.KMSD
-	// Mode none, no inventory: what a controller has before enabling.
-	doc, err := rig.Document(nil, rig.DocOptions{Array: arraySerial, RootUUID: w.P.Root.UUID, Technician: technician})
-	if err != nil {
-		t.Fatal(err)
-	}
-	doc.KMS = &config.KMS{
-		Servers:    []config.Server{{Name: k.Name, Address: rig.GuestHost + ":" + strconv.Itoa(rig.KMIPPort), ServerName: k.ServerName}},
-		CA:         string(k.CAPEM),
-		ClientCert: string(k.ArrayCert), ClientKey: string(k.ArrayKey),
-	}
 	w.medium = filepath.Join(w.Dir, "medium.img")
-	if err := rig.WriteMedium(w.medium, doc, nil); err != nil {
-		t.Fatal(err)
-	}
 	return w
 }
 
@@ -82,47 +64,21 @@ func newWorld(t *testing.T, drives int) *world {
 // host address (the document holds the guest's).
 func (w *world) array() *lifecycle.Array {
 	w.t.Helper()
-	m, f, err := bootmedium.Open(w.medium)
+	a, closer, err := w.Rig.Array(w.medium, &w.KMSD.KeyServer)
 	if err != nil {
 		w.t.Fatal(err)
 	}
-	w.t.Cleanup(func() { f.Close() })
-	b, _, err := m.Read()
-	if err != nil {
-		w.t.Fatal(err)
-	}
-	doc, err := config.Parse(b)
-	if err != nil {
-		w.t.Fatal(err)
-	}
-	a := &lifecycle.Array{Doc: doc, Medium: m, Concurrency: 1}
-	for i := range w.Rig.Drives {
-		a.Drives = append(a.Drives, w.Rig.HostDrive(i))
-	}
-	if a.Admin, err = w.KMSD.Client(true); err != nil {
-		w.t.Fatal(err)
-	}
-	if a.Agent, err = w.KMSD.Client(false); err != nil {
-		w.t.Fatal(err)
-	}
+	w.t.Cleanup(func() { closer.Close() })
+	a.Concurrency = 1
 	return a
 }
 
+// enable writes the medium of a controller that has not enabled yet (mode
+// none, kmsd as its key server) and enables encryption on it.
 func (w *world) enable() {
 	w.t.Helper()
-	a := w.array()
-	check := func(ctx context.Context) error {
-		other := a.Admin.Config()
-		rep, err := kmscheck.Check(ctx, kmscheck.Config{KMS: a.Agent.Config(), Other: &other})
-		if err != nil {
-			return err
-		}
-		if !rep.OK {
-			return errors.New("kms check: not fit")
-		}
-		return nil
-	}
-	if _, err := a.Enable(ctx(w.t), lifecycle.EnableOptions{Check: check}); err != nil {
+	if _, err := w.Rig.Provision(ctx(w.t), &w.KMSD.KeyServer, w.medium,
+		rig.DocOptions{Array: arraySerial, RootUUID: w.P.Root.UUID, Technician: technician}); err != nil {
 		w.t.Fatalf("enable: %v", err)
 	}
 }
