@@ -116,31 +116,21 @@ func run(ctx context.Context, n int, keep bool) error {
 	defer kmsd.Close()
 	note("kmsd on %s; identities: %s (the array), admin", kmsd.Addr, rig.ArrayIdentity(array))
 
-	say("Provision: a random 256-bit key per drive on kmsd; each SED takes ownership, PINs derived from its key, lock on power cycle")
-	p, err := r.Provision(ctx, &kmsd.KeyServer, array)
+	say("Enable encryption as `sedctl enable` does: the boot medium (identity, key servers, certificates, network, root; never keys), a random 256-bit key per drive on kmsd, each SED owned with PINs derived from its key, lock on power cycle, every step journaled")
+	medium := filepath.Join(work, "medium.img")
+	p, err := r.Provision(ctx, &kmsd.KeyServer, medium, rig.DocOptions{Array: array, RootUUID: root.UUID, Technician: technician,
+		Servers: []rig.GuestServer{{KS: &kmsd.KeyServer, GuestAddr: fmt.Sprintf("%s:%d", rig.GuestHost, rig.KMIPPort)}}})
 	if err != nil {
 		return err
 	}
-	defer p.Zero()
 	for _, dk := range p.Generation.Drives {
 		note("%s  key %s", dk.Drive, dk.Name)
 	}
+	note("boot medium image %s (attached to the guest as an NVMe drive) holds the key inventory", medium)
 	if err := r.PowerCycle(ctx); err != nil {
 		return err
 	}
 	note("power cycle: %d of %d drives locked", r.Locked(), n)
-
-	say("Write the controller's boot medium (identity, key servers, certificates, network, root, key inventory; no keys)")
-	doc, err := rig.Document(p, rig.DocOptions{Array: array, RootUUID: root.UUID, Technician: technician,
-		Servers: []rig.GuestServer{{KS: &kmsd.KeyServer, GuestAddr: rig.GuestHost + ":5696"}}})
-	if err != nil {
-		return err
-	}
-	medium := filepath.Join(work, "medium.img")
-	if err := rig.WriteMedium(medium, doc, nil); err != nil {
-		return err
-	}
-	note("boot medium image %s (attached to the guest as an NVMe drive)", medium)
 
 	say("Power on the controller (QEMU): the agent unlocks every drive and hands over to the real OS")
 	guest := func(name string) qemu.Config {
@@ -195,7 +185,15 @@ func follow(ctx context.Context, m *qemu.Machine, re *regexp.Regexp, limit time.
 	deadline := time.Now().Add(limit)
 	printed := 0
 	var pending string
+	ended := false
 	for {
+		// Once the guest has ended, its console is complete: one last
+		// look before giving up.
+		select {
+		case <-m.Done():
+			ended = true
+		default:
+		}
 		text := m.ConsoleText()
 		if len(text) > printed {
 			pending += text[printed:]
@@ -218,9 +216,11 @@ func follow(ctx context.Context, m *qemu.Machine, re *regexp.Regexp, limit time.
 			}
 			return nil
 		}
+		if ended {
+			return fmt.Errorf("the guest ended before %q", re)
+		}
 		select {
 		case <-m.Done():
-			return fmt.Errorf("the guest ended before %q", re)
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(100 * time.Millisecond):
