@@ -104,6 +104,9 @@ type URoot struct {
 type File struct {
 	// Path is where it goes in the image, e.g. "etc/sedboot/identity".
 	Path string
+	// Link, when set, makes the file a symbolic link to Link (Source,
+	// Data and Mode are then unused).
+	Link string
 	// Source is a host file to copy; when empty, Data is the content.
 	Source string
 	// Data is the content when Source is empty.
@@ -205,9 +208,12 @@ func Build(ctx context.Context, spec Spec) (*Image, error) {
 	}
 	for _, f := range spec.Files {
 		var err error
-		if f.Source != "" {
+		switch {
+		case f.Link != "":
+			a.add(cpio.Symlink(f.Path, f.Link))
+		case f.Source != "":
 			err = a.addHostFile(f.Path, f.Source, f.Mode)
-		} else {
+		default:
 			mode := f.Mode
 			if mode == 0 {
 				mode = 0o644
@@ -282,8 +288,8 @@ func (s Spec) validate() error {
 		if clean := cpio.Normalize(f.Path); clean == "." || strings.HasPrefix(clean, "..") {
 			return fmt.Errorf("file path %q is not inside the image", f.Path)
 		}
-		if f.Source == "" && f.Data == nil {
-			return fmt.Errorf("file %s has neither Source nor Data", f.Path)
+		if f.Link == "" && f.Source == "" && f.Data == nil {
+			return fmt.Errorf("file %s has neither Source nor Data, and is not a Link", f.Path)
 		}
 	}
 	return nil

@@ -105,6 +105,7 @@ func TestBuild(t *testing.T) {
 			{Path: "etc/sedboot/scenario", Data: []byte("smoke\n")},
 			{Path: "/etc/host.txt", Source: host},
 			{Path: "etc/secret", Data: []byte("x"), Mode: 0o600},
+			{Path: "bin/hello-too", Link: "/init"},
 		},
 		CacheDir: filepath.Join(dir, "cache"),
 		Level:    3,
@@ -124,6 +125,9 @@ func TestBuild(t *testing.T) {
 	}
 	if _, ok := recs["bin/tool"]; !ok {
 		t.Error("/bin/tool missing")
+	}
+	if r, ok := recs["bin/hello-too"]; !ok || r.Mode&cpio.S_IFMT != cpio.S_IFLNK || content(t, r) != "/init" {
+		t.Errorf("/bin/hello-too: want a symlink to /init, got %+v", r.Info)
 	}
 	if r, ok := recs["dev/console"]; !ok || r.Mode&cpio.S_IFMT != cpio.S_IFCHR || r.Rmajor != 5 || r.Rminor != 1 {
 		t.Errorf("/dev/console missing or wrong: %+v", r.Info)

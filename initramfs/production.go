@@ -10,12 +10,14 @@ import (
 )
 
 // Agent is the boot agent's main package; it is the production image's
-// /init (PID 1; see docs/design.md, "The agent is PID 1").
+// /init (PID 1; see docs/design.md, "The agent is PID 1"). The same binary
+// is sedctl when called by that name: the image's /bin/sedctl, for the
+// recovery shell, is a symbolic link to it.
 const Agent = "github.com/sedboot/sedboot/agent/cmd/sedboot-agent"
 
-// Sedctl is the admin tool, in /bin of the production image for the
-// recovery shell.
-const Sedctl = "github.com/sedboot/sedboot/tools/sedctl"
+// SedctlPath is where the production image offers sedctl (a link to the
+// agent's binary).
+const SedctlPath = "bin/sedctl"
 
 // Shell is u-root's shell, the recovery shell of the production image.
 const Shell = "github.com/u-root/u-root/cmds/core/gosh"
@@ -44,10 +46,10 @@ var ProductionModules = []string{"nvme-tcp", "virtio_net"}
 var envMu sync.Mutex
 
 // BuildProduction builds the production initramfs: the boot agent as
-// /init, sedctl in /bin, u-root's gosh (/bin/sh) and core tools in /bbin,
-// and the kernel modules with their load order. u-root's init is in the
-// busybox (the builder always includes it) but never runs. The image's
-// compressed size is logged and returned.
+// /init (and as /bin/sedctl, a link to it), u-root's gosh (/bin/sh) and
+// core tools in /bbin, and the kernel modules with their load order.
+// u-root's init is in the busybox (the builder always includes it) but
+// never runs. The image's compressed size is logged and returned.
 func BuildProduction(ctx context.Context, k *kernel.Kernel, spec Spec) (*Image, error) {
 	if k == nil {
 		return nil, fmt.Errorf("build production initramfs: no kernel")
@@ -77,10 +79,9 @@ func BuildProduction(ctx context.Context, k *kernel.Kernel, spec Spec) (*Image, 
 		Uinit: "/init",
 		Shell: "gosh",
 	}
-	spec.Programs = append([]string{Sedctl}, spec.Programs...)
 	spec.Modules = mods
 	spec.KernelVersion = k.Version
-	spec.Files = append(spec.Files, File{Path: "init", Source: bins[0], Mode: 0o755})
+	spec.Files = append(spec.Files, File{Path: "init", Source: bins[0], Mode: 0o755}, File{Path: SedctlPath, Link: "/init"})
 
 	envMu.Lock()
 	defer envMu.Unlock()

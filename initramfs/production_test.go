@@ -14,7 +14,8 @@ import (
 
 // TestBuildProduction builds the production image and checks what a
 // controller needs is in it: the agent as /init (a regular file, not u-root's
-// init), sedctl, gosh as /bin/sh, the core tools and the modules in order.
+// init), sedctl (a link to it), gosh as /bin/sh, the core tools and the
+// modules in order.
 func TestBuildProduction(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds u-root (tens of seconds when not cached)")
@@ -40,7 +41,11 @@ func TestBuildProduction(t *testing.T) {
 			t.Errorf("image lacks %s", want)
 		}
 	}
-	out, err := exec.Command("sh", "-c", "zstd -dc "+img.Path+" | cpio -i --to-stdout init 2>/dev/null | head -c 4").Output()
+	out, err := exec.Command("sh", "-c", "zstd -dc "+img.Path+" | cpio -tv "+SedctlPath+" 2>/dev/null").Output()
+	if err != nil || !strings.HasPrefix(string(out), "l") || !strings.Contains(string(out), SedctlPath+" -> /init") {
+		t.Errorf("/%s is not a link to /init (the agent's binary is sedctl too): %q, %v", SedctlPath, out, err)
+	}
+	out, err = exec.Command("sh", "-c", "zstd -dc "+img.Path+" | cpio -i --to-stdout init 2>/dev/null | head -c 4").Output()
 	if err != nil || !bytes.Equal(out, []byte("\x7fELF")) {
 		t.Errorf("/init is not a program of its own (got %q, %v): u-root's init link was not replaced", out, err)
 	}

@@ -5,12 +5,18 @@
 // stays locked and the agent runs the authenticated recovery loop (package
 // agent/recovery) for ever: it never exits and never falls through to a
 // shell without the technician credential.
+//
+// The same binary is sedctl (package tools/sedctl/cli) when it is called
+// by that name: the production image's /bin/sedctl is a symbolic link to
+// /init, so the recovery shell has sedctl without a second copy of the Go
+// runtime and the libraries both programs use.
 package main
 
 import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -18,9 +24,16 @@ import (
 	"github.com/sedboot/sedboot/agent/boot"
 	"github.com/sedboot/sedboot/agent/bootrecord"
 	"github.com/sedboot/sedboot/agent/recovery"
+	"github.com/sedboot/sedboot/tools/sedctl/cli"
 )
 
+// sedctlName is the program name under which the binary runs sedctl.
+const sedctlName = "sedctl"
+
 func main() {
+	if filepath.Base(os.Args[0]) == sedctlName {
+		os.Exit(cli.Main(os.Args[1:]))
+	}
 	rec := bootrecord.New(time.Now())
 	if os.Getpid() != 1 {
 		fmt.Fprintln(os.Stderr, "sedboot-agent: not PID 1: this program is the initramfs's /init and does not run on a live system")
