@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/sedboot/sedboot/images/rig"
+	"github.com/sedboot/sedboot/internal/delayproxy"
 	"github.com/sedboot/sedboot/initramfs"
 )
 
@@ -26,7 +27,7 @@ func BenchmarkBoot(b *testing.B) {
 					a := newArray(b, drives, true)
 					kmip := map[string]string{rig.GuestHost: a.KMSD.Addr}
 					if rtt > 0 {
-						p, err := rig.NewDelayProxy(a.KMSD.Addr, rtt/2)
+						p, err := delayproxy.Start(a.KMSD.Addr, delayproxy.Options{Delay: rtt / 2})
 						if err != nil {
 							b.Fatal(err)
 						}

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sedboot/sedboot/internal/delayproxy"
 	"github.com/sedboot/sedboot/internal/kms"
 	"github.com/sedboot/sedboot/internal/kms/pykmiptest"
 	"github.com/sedboot/sedboot/internal/kmsserver/kmsdtest"
@@ -189,31 +190,25 @@ func silentServer(t testing.TB) string {
 // one-way delay in each direction (RTT/2), and can drop a connection
 // instead of forwarding a server answer.
 type proxy struct {
-	l      net.Listener
-	target string
-	delay  time.Duration
+	*delayproxy.Proxy
 
-	mu      sync.Mutex
-	armed   bool // drop the connection at the next server answer after skip ones
-	skip    int
-	dropped int
-	conns   []net.Conn
-	wg      sync.WaitGroup
+	mu    sync.Mutex
+	armed bool // drop the connection at the next server answer after skip ones
+	skip  int
 }
 
 func newProxy(t testing.TB, target string, rtt time.Duration) *proxy {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	p := &proxy{}
+	dp, err := delayproxy.Start(target, delayproxy.Options{Delay: rtt / 2, DropReply: p.shouldDrop})
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &proxy{l: l, target: target, delay: rtt / 2}
-	p.wg.Add(1)
-	go p.serve()
-	t.Cleanup(p.close)
+	p.Proxy = dp
+	t.Cleanup(dp.Close)
 	return p
 }
 
-func (p *proxy) addr() string { return p.l.Addr().String() }
+func (p *proxy) addr() string { return p.Addr }
 
 // dropAfter arms the proxy: after skip more server answers, it closes the
 // client connection instead of forwarding the next one.
@@ -221,70 +216,6 @@ func (p *proxy) dropAfter(skip int) {
 	p.mu.Lock()
 	p.armed, p.skip = true, skip
 	p.mu.Unlock()
-}
-
-func (p *proxy) serve() {
-	defer p.wg.Done()
-	for {
-		c, err := p.l.Accept()
-		if err != nil {
-			return
-		}
-		s, err := net.Dial("tcp", p.target)
-		if err != nil {
-			c.Close()
-			continue
-		}
-		p.mu.Lock()
-		p.conns = append(p.conns, c, s)
-		p.mu.Unlock()
-		p.wg.Add(2)
-		go p.pipe(s, c, false)
-		go p.pipe(c, s, true)
-	}
-}
-
-// pipe copies src to dst, each chunk delayed by p.delay. fromServer marks
-// the direction the drop applies to.
-func (p *proxy) pipe(dst, src net.Conn, fromServer bool) {
-	defer p.wg.Done()
-	type chunk struct {
-		at   time.Time
-		data []byte
-	}
-	q := make(chan chunk, 1024)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for ch := range q {
-			if d := time.Until(ch.at); d > 0 {
-				time.Sleep(d)
-			}
-			if _, err := dst.Write(ch.data); err != nil {
-				return
-			}
-		}
-	}()
-	buf := make([]byte, 64<<10)
-	for {
-		n, err := src.Read(buf)
-		if n > 0 {
-			if fromServer && p.shouldDrop() {
-				src.Close()
-				dst.Close()
-				break
-			}
-			q <- chunk{at: time.Now().Add(p.delay), data: append([]byte(nil), buf[:n]...)}
-		}
-		if err != nil {
-			break
-		}
-	}
-	close(q)
-	<-done
-	if c, ok := dst.(*net.TCPConn); ok {
-		_ = c.CloseWrite()
-	}
 }
 
 func (p *proxy) shouldDrop() bool {
@@ -298,16 +229,5 @@ func (p *proxy) shouldDrop() bool {
 		return false
 	}
 	p.armed = false
-	p.dropped++
 	return true
-}
-
-func (p *proxy) close() {
-	p.l.Close()
-	p.mu.Lock()
-	for _, c := range p.conns {
-		c.Close()
-	}
-	p.mu.Unlock()
-	p.wg.Wait()
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/sedboot/sedboot/internal/bootmedium"
 	"github.com/sedboot/sedboot/internal/config"
+	"github.com/sedboot/sedboot/internal/delayproxy"
 	"github.com/sedboot/sedboot/internal/keys"
 	"github.com/sedboot/sedboot/internal/kms"
 	"github.com/sedboot/sedboot/internal/kmsserver"
@@ -187,72 +188,12 @@ func (r *rig) document() *config.Document {
 // half the round-trip time in each direction (a key server far away).
 func delayProxy(t testing.TB, target string, rtt time.Duration) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := delayproxy.Start(target, delayproxy.Options{Delay: rtt / 2})
 	if err != nil {
 		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	pipe := func(dst, src net.Conn) {
-		defer wg.Done()
-		type chunk struct {
-			at time.Time
-			b  []byte
-		}
-		q := make(chan chunk, 256)
-		go func() {
-			for c := range q {
-				time.Sleep(time.Until(c.at))
-				if _, err := dst.Write(c.b); err != nil {
-					break
-				}
-			}
-			dst.Close()
-		}()
-		buf := make([]byte, 32<<10)
-		for {
-			n, err := src.Read(buf)
-			if n > 0 {
-				q <- chunk{time.Now().Add(rtt / 2), append([]byte(nil), buf[:n]...)}
-			}
-			if err != nil {
-				close(q)
-				return
-			}
-		}
-	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			s, err := net.Dial("tcp", target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			mu.Lock()
-			conns = append(conns, c, s)
-			mu.Unlock()
-			wg.Add(2)
-			go pipe(s, c)
-			go pipe(c, s)
-		}
-	}()
-	t.Cleanup(func() {
-		l.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	return l.Addr().String()
+	t.Cleanup(p.Close)
+	return p.Addr
 }
 
 func (r *rig) writeDoc(doc *config.Document) {
