@@ -408,9 +408,12 @@ type Attributes struct {
 	Sensitive   *bool     `json:"sensitive,omitempty"`
 	AppInfo     []AppInfo `json:"app_info,omitempty"`
 	// Custom holds text-valued custom ("x-") attributes.
-	Custom         map[string]string `json:"custom,omitempty"`
-	InitialDate    time.Time         `json:"initial_date,omitzero"`
-	ActivationDate time.Time         `json:"activation_date,omitzero"`
+	Custom map[string]string `json:"custom,omitempty"`
+	// Grants are kmsd's grants on the object (GrantAttribute), in the
+	// order the server sent them.
+	Grants         []Grant   `json:"grants,omitempty"`
+	InitialDate    time.Time `json:"initial_date,omitzero"`
+	ActivationDate time.Time `json:"activation_date,omitzero"`
 	// Metadata is the sedboot metadata, decoded from x-sedboot-*
 	// attributes or the "sedboot" Application Specific Information.
 	Metadata map[string]string `json:"metadata,omitempty"`
@@ -478,6 +481,13 @@ func parseAttributes(id string, raw []kmip.Attribute) *Attributes {
 						a.Custom = map[string]string{}
 					}
 					a.Custom[string(at.AttributeName)] = str
+				}
+			}
+		}
+		if at.AttributeName == GrantAttribute {
+			if s, ok := TextValue(at.AttributeValue); ok {
+				if g, err := ParseGrant(s); err == nil {
+					a.Grants = append(a.Grants, g)
 				}
 			}
 		}

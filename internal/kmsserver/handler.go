@@ -15,6 +15,8 @@ import (
 	"github.com/ovh/kmip-go/payloads"
 	"github.com/ovh/kmip-go/ttlv"
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/sedboot/sedboot/internal/kms"
 )
 
 // GroupGrant gives identities rights on every object of matching groups.
@@ -661,7 +663,7 @@ func (h *handler) grantChange(c *caller, o *object, value any, remove bool) erro
 	if !h.isAdmin(c.identity) {
 		return denied("only an administrator may change grants")
 	}
-	s, ok := textOf(value)
+	s, ok := kms.TextValue(value)
 	if !ok {
 		return errf(kmip.ResultReasonInvalidField, "%s: want a text value IDENTITY=rights", AttrGrant)
 	}
@@ -674,17 +676,6 @@ func (h *handler) grantChange(c *caller, o *object, value any, remove bool) erro
 	}
 	o.setGrant(g)
 	return nil
-}
-
-func textOf(v any) (string, bool) {
-	switch x := v.(type) {
-	case string:
-		return x, true
-	case ttlv.Value:
-		s, ok := x.Value.(string)
-		return s, ok
-	}
-	return "", false
 }
 
 // flagChange enforces the one-way rules of Extractable and Sensitive for

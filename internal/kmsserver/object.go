@@ -2,13 +2,13 @@ package kmsserver
 
 import (
 	"slices"
-	"sort"
-	"strings"
 	"time"
 
 	"github.com/ovh/kmip-go"
 	"github.com/ovh/kmip-go/kmipserver"
 	"github.com/ovh/kmip-go/ttlv"
+
+	"github.com/sedboot/sedboot/internal/kms"
 )
 
 // Rights an identity can hold on an object.
@@ -29,9 +29,9 @@ var allRights = []string{RightGet, RightRead, RightManage}
 const (
 	// AttrOwner is the identity that registered the object (read-only).
 	AttrOwner = "x-kmsd-owner"
-	// AttrGrant holds one grant per instance, "IDENTITY=right,right".
-	// Only administrators may add, modify or delete it.
-	AttrGrant = "x-kmsd-grant"
+	// AttrGrant holds one grant per instance, "IDENTITY=right,right"
+	// (kms.Grant). Only administrators may add, modify or delete it.
+	AttrGrant = kms.GrantAttribute
 )
 
 // object is a managed object as stored.
@@ -82,37 +82,29 @@ type customAttr struct {
 	Value []byte `json:"ttlv"`
 }
 
-type grant struct {
-	Identity string   `json:"identity"`
-	Rights   []string `json:"rights"`
-}
+// grant is one identity's rights on an object (stored as JSON with the
+// object).
+type grant = kms.Grant
 
-func (g grant) String() string { return g.Identity + "=" + strings.Join(g.Rights, ",") }
-
-// parseGrant parses "IDENTITY=right,right".
+// parseGrant parses "IDENTITY=right,right"; "all" stands for every right.
 func parseGrant(s string) (grant, error) {
-	id, rights, ok := strings.Cut(s, "=")
-	id = strings.TrimSpace(id)
-	if !ok || id == "" {
+	g, err := kms.ParseGrant(s)
+	if err != nil {
 		return grant{}, kmipserver.Errorf(kmip.ResultReasonInvalidField, "%s: want IDENTITY=right[,right], got %q", AttrGrant, s)
 	}
-	g := grant{Identity: id}
-	for r := range strings.SplitSeq(rights, ",") {
-		r = strings.TrimSpace(r)
-		if r == "" {
-			continue
-		}
+	var rights []string
+	for _, r := range g.Rights {
 		if r == "all" {
-			g.Rights = append(g.Rights, allRights...)
+			rights = append(rights, allRights...)
 			continue
 		}
 		if !slices.Contains(allRights, r) {
 			return grant{}, kmipserver.Errorf(kmip.ResultReasonInvalidField, "%s: unknown right %q (want get, read, manage or all)", AttrGrant, r)
 		}
-		g.Rights = append(g.Rights, r)
+		rights = append(rights, r)
 	}
-	sort.Strings(g.Rights)
-	g.Rights = slices.Compact(g.Rights)
+	slices.Sort(rights)
+	g.Rights = slices.Compact(rights)
 	return g, nil
 }
 

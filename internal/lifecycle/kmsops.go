@@ -13,11 +13,6 @@ import (
 	"github.com/sedboot/sedboot/internal/secret"
 )
 
-// GrantAttribute is the attribute through which kmsd (package kmsserver,
-// AttrGrant) gives an identity rights on one object: "IDENTITY=get,read".
-// Other servers reject it; their access policy is their administrator's.
-const GrantAttribute = "x-kmsd-grant"
-
 // keySet holds key values by key name; Zero wipes them all.
 type keySet map[string]*secret.Secret
 
@@ -327,7 +322,7 @@ func (a *Array) grant(ctx context.Context, c *kms.Conn, g *config.Generation, na
 			keyNames = append(keyNames, dk.Name)
 		}
 	}
-	res, err := c.AddAttributeAll(ctx, ids, GrantAttribute, ident+"="+rights)
+	res, err := c.AddAttributeAll(ctx, ids, kms.GrantAttribute, ident+"="+rights)
 	if err != nil {
 		return err
 	}

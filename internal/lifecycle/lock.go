@@ -211,7 +211,7 @@ func (a *Array) lockServer(ctx context.Context, srv kms.Server, agent *kms.Clien
 	}
 	self, _ := a.adminIsAgent(srv)
 	if caps.Has(kms.RefusePolicy) && !self {
-		err := apply(MechGrant, nil, func() (kms.Results, error) { return c.AddAttributeAll(ctx, ids, GrantAttribute, ident+"=read") })
+		err := apply(MechGrant, nil, func() (kms.Results, error) { return c.AddAttributeAll(ctx, ids, kms.GrantAttribute, ident+"=read") })
 		if err != nil {
 			notes = append(notes, err.Error())
 		}
@@ -373,7 +373,7 @@ func (a *Array) unlockServer(ctx context.Context, srv kms.Server, agent *kms.Cli
 			add(sensitive, kms.AttributeChange{ID: id, Op: kms.AttributeModify, Name: "Sensitive", Value: false})
 		}
 		if g, ok := grantOf(at, ident); ok && !self && !containsStr(g, "get") {
-			add(getRight, kms.AttributeChange{ID: id, Op: kms.AttributeAdd, Name: GrantAttribute, Value: ident + "=get,read"})
+			add(getRight, kms.AttributeChange{ID: id, Op: kms.AttributeAdd, Name: kms.GrantAttribute, Value: ident + "=get,read"})
 		}
 	}
 	res, err := c.ChangeAttributes(ctx, changes)

@@ -81,7 +81,7 @@ func TestPreflight(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := c.AddAttribute(ctx, id, GrantAttribute, "array-"+testArray+"=get,read"); err != nil {
+		if err := c.AddAttribute(ctx, id, kms.GrantAttribute, "array-"+testArray+"=get,read"); err != nil {
 			t.Fatal(err)
 		}
 		rep, err := r.open().Preflight(ctx, PreflightOptions{})

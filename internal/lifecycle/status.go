@@ -4,11 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"sort"
-	"strings"
 	"time"
-
-	"github.com/ovh/kmip-go/ttlv"
 
 	"github.com/sedboot/sedboot/internal/config"
 	"github.com/sedboot/sedboot/internal/kms"
@@ -319,38 +315,10 @@ func (a *Array) serverStatus(ctx context.Context, srv kms.Server) ServerStatus {
 
 // grantOf returns the rights a kmsd grant attribute gives ident.
 func grantOf(at *kms.Attributes, ident string) ([]string, bool) {
-	for _, r := range at.Raw {
-		if string(r.AttributeName) != GrantAttribute {
-			continue
-		}
-		s, ok := textValue(r.AttributeValue)
-		if !ok {
-			continue
-		}
-		id, rights, ok := strings.Cut(s, "=")
-		if ok && strings.TrimSpace(id) == ident {
-			var out []string
-			for _, x := range strings.Split(rights, ",") {
-				if x = strings.TrimSpace(x); x != "" {
-					out = append(out, x)
-				}
-			}
-			sort.Strings(out)
-			return out, true
+	for _, g := range at.Grants {
+		if g.Identity == ident {
+			return g.Rights, true
 		}
 	}
 	return nil, false
-}
-
-// textValue extracts a text attribute value (custom attributes arrive as
-// ttlv values whose Value is a string).
-func textValue(v any) (string, bool) {
-	switch x := v.(type) {
-	case string:
-		return x, true
-	case ttlv.Value:
-		s, ok := x.Value.(string)
-		return s, ok
-	}
-	return "", false
 }
