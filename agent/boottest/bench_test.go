@@ -7,8 +7,8 @@ import (
 	"time"
 
 	"github.com/sedboot/sedboot/images/rig"
-	"github.com/sedboot/sedboot/internal/delayproxy"
 	"github.com/sedboot/sedboot/initramfs"
+	"github.com/sedboot/sedboot/internal/delayproxy"
 )
 
 // BenchmarkBoot measures the agent from its start to switch_root, as the
