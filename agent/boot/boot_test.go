@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/sedboot/sedboot/internal/testenv"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -27,9 +28,7 @@ func TestParseCmdline(t *testing.T) {
 }
 
 func TestReadExt(t *testing.T) {
-	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
-		t.Skip("mkfs.ext4 not installed")
-	}
+	testenv.LookPath(t, "mkfs.ext4", "e2fsprogs; run scripts/prereqs.sh")
 	img := filepath.Join(t.TempDir(), "fs.img")
 	uuid := "0b6c1a64-7f8e-4c1e-9d51-2f0c4f1e8a77"
 	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-L", "ROOTLABEL", "-U", uuid, img, "2M").CombinedOutput(); err != nil {

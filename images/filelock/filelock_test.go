@@ -3,6 +3,7 @@ package filelock
 import (
 	"context"
 	"errors"
+	"github.com/sedboot/sedboot/internal/testenv"
 	"os/exec"
 	"path/filepath"
 	"syscall"
@@ -56,10 +57,7 @@ func TestLockWaitsAndHonoursContext(t *testing.T) {
 
 // A lock held by a process that dies is free again.
 func TestLockDiesWithProcess(t *testing.T) {
-	flock, err := exec.LookPath("flock")
-	if err != nil {
-		t.Skip("flock(1) not installed")
-	}
+	flock := testenv.LookPath(t, "flock", "util-linux")
 	path := filepath.Join(t.TempDir(), "l")
 	cmd := exec.Command(flock, "--close", path, "sleep", "30")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
