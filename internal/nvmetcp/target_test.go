@@ -554,12 +554,15 @@ func TestTransferErrorsAndDisconnect(t *testing.T) {
 		}
 		s.io.nc.Close()
 		s.admin.nc.Close()
+		// The association this host opened must end. (before may still
+		// count an association of an earlier subtest that is closing, so
+		// the count may also fall below it.)
 		deadline := time.Now().Add(5 * time.Second)
-		for tg.Associations(nqnA) > before-0 && time.Now().Before(deadline) {
+		for tg.Associations(nqnA) > before && time.Now().Before(deadline) {
 			time.Sleep(10 * time.Millisecond)
 		}
-		if n := tg.Associations(nqnA); n != before {
-			t.Errorf("associations %d after disconnect, want %d", n, before)
+		if n := tg.Associations(nqnA); n > before {
+			t.Errorf("associations %d after disconnect, want at most %d: the vanished host's association was kept", n, before)
 		}
 	})
 	want := randBytes(8192)
