@@ -117,6 +117,28 @@ func (d *Drive) TakeOwnership(ctx context.Context, sid []byte) (TriesInfo, error
 	return tries, err
 }
 
+// inSession runs f in a session authenticated as as with cred (checked
+// against the key verifier first), closing it afterwards: the shape of
+// every operation that needs one authenticated session and nothing else.
+// op names the operation in errors, as for Drive.run.
+func (d *Drive) inSession(ctx context.Context, op string, as Authority, cred []byte, write bool, f func(*session) error) error {
+	return d.run(ctx, op, func() (err error) {
+		if err := checkCredential(as.String()+" credential", cred); err != nil {
+			return err
+		}
+		c, err := d.connect(ctx, true)
+		if err != nil {
+			return err
+		}
+		s, _, _, err := c.authSession(as, cred, write)
+		if err != nil {
+			return err
+		}
+		defer s.closeAfter(&err)
+		return f(s)
+	})
+}
+
 // changePIN authenticates as as with cred and sets target's PIN.
 func (c *conn) changePIN(as Authority, cred []byte, target Authority, pin []byte) (err error) {
 	if as.sp != target.sp {
@@ -150,19 +172,7 @@ func (c *conn) verify(a Authority, cred []byte) (t TriesInfo, err error) {
 // reports whether it activated (false: already active).
 func (d *Drive) ActivateLocking(ctx context.Context, sid []byte) (bool, error) {
 	var activated bool
-	err := d.run(ctx, "activate locking SP of", func() (err error) {
-		if err := checkCredential("SID credential", sid); err != nil {
-			return err
-		}
-		c, err := d.connect(ctx, true)
-		if err != nil {
-			return err
-		}
-		s, _, _, err := c.authSession(SID, sid, true)
-		if err != nil {
-			return err
-		}
-		defer s.closeAfter(&err)
+	err := d.inSession(ctx, "activate locking SP of", SID, sid, true, func(s *session) (err error) {
 		activated, err = s.activate()
 		return err
 	})
@@ -241,19 +251,7 @@ func (d *Drive) setPIN(ctx context.Context, op string, as Authority, cred []byte
 // and makes it lock on power cycle (LockOnReset = {PowerCycle}). It does
 // not lock the range now.
 func (d *Drive) ConfigureGlobalRange(ctx context.Context, admin1 []byte) error {
-	return d.run(ctx, "configure global range of", func() (err error) {
-		if err := checkCredential("Admin1 credential", admin1); err != nil {
-			return err
-		}
-		c, err := d.connect(ctx, true)
-		if err != nil {
-			return err
-		}
-		s, _, _, err := c.authSession(Admin1, admin1, true)
-		if err != nil {
-			return err
-		}
-		defer s.closeAfter(&err)
+	return d.inSession(ctx, "configure global range of", Admin1, admin1, true, func(s *session) error {
 		return s.configureGlobalRange()
 	})
 }
@@ -287,19 +285,7 @@ type RangeState struct {
 // GlobalRange reads the global range's locking columns as Admin1.
 func (d *Drive) GlobalRange(ctx context.Context, admin1 []byte) (RangeState, error) {
 	var st RangeState
-	err := d.run(ctx, "read global range of", func() (err error) {
-		if err := checkCredential("Admin1 credential", admin1); err != nil {
-			return err
-		}
-		c, err := d.connect(ctx, true)
-		if err != nil {
-			return err
-		}
-		s, _, _, err := c.authSession(Admin1, admin1, false)
-		if err != nil {
-			return err
-		}
-		defer s.closeAfter(&err)
+	err := d.inSession(ctx, "read global range of", Admin1, admin1, false, func(s *session) (err error) {
 		st, err = s.globalRange()
 		return err
 	})
