@@ -56,6 +56,10 @@ type Options struct {
 	AllowRemote bool
 	// NQNPrefix is prepended to each drive's serial to form its NQN.
 	NQNPrefix string
+	// SerialPrefix, when set, gives new drives the serials
+	// <prefix>0001, <prefix>0002, ... instead of random ones (tests and
+	// demos that name drives).
+	SerialPrefix string
 	// NoControl skips the control socket (in-process users need none).
 	NoControl bool
 	// Target tunes the NVMe/TCP target.
@@ -127,6 +131,9 @@ func (o *Options) normalize() error {
 	if o.NQNPrefix == "" {
 		o.NQNPrefix = DefaultNQNPrefix
 	}
+	if len(o.SerialPrefix) > 16 || strings.Trim(o.SerialPrefix, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_") != "" {
+		return fmt.Errorf("sedsim: serial prefix %q: want at most 16 letters, digits, '-' or '_'", o.SerialPrefix)
+	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -167,9 +174,12 @@ func openOrCreate(o *Options, k int) (*opalsim.Drive, error) {
 	if o.Size == 0 {
 		return nil, fmt.Errorf("drive %d does not exist in %s yet: give a size to create it", k, o.StateDir)
 	}
-	serial, err := newSerial(k)
-	if err != nil {
-		return nil, err
+	serial := fmt.Sprintf("%s%04d", o.SerialPrefix, k+1)
+	if o.SerialPrefix == "" {
+		var err error
+		if serial, err = newSerial(k); err != nil {
+			return nil, err
+		}
 	}
 	return opalsim.Create(dir, opalsim.Config{
 		Serial:    serial,

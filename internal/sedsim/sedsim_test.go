@@ -136,6 +136,7 @@ func TestStartRefusals(t *testing.T) {
 		{"hostname", Options{Drives: 1, Size: 1 << 20, StateDir: t.TempDir(), Listen: "localhost:0"}, "literal loopback"},
 		{"new drive without size", Options{Drives: 1, StateDir: t.TempDir(), Listen: "127.0.0.1:0"}, "give a size"},
 		{"state in use", Options{Drives: 1, Size: 1 << 20, StateDir: dir, Listen: "127.0.0.1:0"}, "in use by another sedsim"},
+		{"bad serial prefix", Options{Drives: 1, Size: 1 << 20, StateDir: t.TempDir(), Listen: "127.0.0.1:0", SerialPrefix: "SIM 1"}, "serial prefix"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s, err := Start(context.Background(), tc.o)
@@ -169,5 +170,22 @@ func TestCheckListen(t *testing.T) {
 	}
 	if err := CheckListen("10.0.2.2:4420", true); err != nil {
 		t.Errorf("allow remote: %v", err)
+	}
+}
+
+func TestSerialPrefix(t *testing.T) {
+	s, err := Start(context.Background(), Options{Drives: 3, Size: 1 << 20, StateDir: t.TempDir(), Listen: "127.0.0.1:0",
+		SerialPrefix: "RIG", NoControl: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for k, want := range []string{"RIG0001", "RIG0002", "RIG0003"} {
+		if got := s.Drive(k).Identity().Serial; got != want {
+			t.Errorf("drive %d serial %q, want %q", k, got, want)
+		}
+		if !strings.HasSuffix(s.NQN(k), ":"+want) {
+			t.Errorf("drive %d NQN %q does not end in its serial", k, s.NQN(k))
+		}
 	}
 }
