@@ -17,14 +17,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"sync"
-	"time"
 
 	"github.com/sedboot/sedboot/internal/nvmetcp"
 	"github.com/sedboot/sedboot/internal/opalsim"
 	"github.com/sedboot/sedboot/internal/sed"
+	"github.com/sedboot/sedboot/internal/sedsim"
 )
 
 // Guest-side addresses of the forwards (QEMU user network).
@@ -64,16 +63,17 @@ type Options struct {
 	Log *slog.Logger
 }
 
-// Rig is the running NVMe/TCP target with its drives.
+// Rig is the running NVMe/TCP target with its drives: a sedsim
+// simulator whose drives have known serials, drive 0 carrying the real OS.
 type Rig struct {
 	Drives []*SimDrive
 	Target *nvmetcp.Target
 	// Addr is the target's 127.0.0.1:port.
 	Addr string
 
-	cancel context.CancelFunc
-	served chan error
-	once   sync.Once
+	sim     *sedsim.Sim
+	tempDir string
+	once    sync.Once
 }
 
 // New creates the drives, writes the root image and serves them.
@@ -85,87 +85,68 @@ func New(opts Options) (*Rig, error) {
 	if prefix == "" {
 		prefix = "SIM"
 	}
-	tg, err := nvmetcp.NewTarget(opts.Log, nvmetcp.Options{AdvertiseAddr: fmt.Sprintf("%s:%d", GuestHost, NVMePort)})
-	if err != nil {
-		return nil, err
+	var root []byte
+	if opts.RootImage != "" {
+		var err error
+		if root, err = os.ReadFile(opts.RootImage); err != nil {
+			return nil, fmt.Errorf("rig: root image: %w", err)
+		}
 	}
-	r := &Rig{Target: tg}
+	// Every drive gets drive 0's size (media files are sparse).
+	blocks := uint64(DefaultBlocks)
+	if len(root) > 0 {
+		blocks = max(blocks, uint64(len(root)+511)/512+2048)
+	}
+	dir, err := os.MkdirTemp("", "sedboot-rig-")
+	if err != nil {
+		return nil, fmt.Errorf("rig: %w", err)
+	}
+	r := &Rig{tempDir: dir}
 	fail := func(err error) (*Rig, error) {
 		r.Close()
 		return nil, err
 	}
-	var root []byte
-	if opts.RootImage != "" {
-		if root, err = os.ReadFile(opts.RootImage); err != nil {
-			return fail(fmt.Errorf("rig: root image: %w", err))
-		}
-	}
-	for i := range opts.Drives {
-		serial := fmt.Sprintf("%s%04d", prefix, i+1)
-		blocks := uint64(DefaultBlocks)
-		if i == 0 && len(root) > 0 {
-			blocks = max(blocks, uint64(len(root)+511)/512+2048)
-		}
-		d, err := opalsim.NewMemory(opalsim.Config{Serial: serial, Model: "sedboot opalsim", Firmware: "SIM1",
-			Blocks: blocks, MBRSize: 1 << 20, DataStoreSize: 64 << 10})
-		if err != nil {
-			return fail(fmt.Errorf("rig: drive %s: %w", serial, err))
-		}
-		sd := &SimDrive{Serial: serial, NQN: NQNPrefix + serial, Sim: d}
-		r.Drives = append(r.Drives, sd)
-		if i == 0 && len(root) > 0 {
-			buf := make([]byte, (len(root)+511)/512*512)
-			copy(buf, root)
-			if err := d.WriteBlocks(0, buf); err != nil {
-				return fail(fmt.Errorf("rig: write root image to %s: %w", serial, err))
-			}
-			if err := d.Flush(); err != nil {
-				return fail(err)
-			}
-		}
-		if err := tg.AddSubsystem(sd.NQN, d); err != nil {
-			return fail(fmt.Errorf("rig: export %s: %w", serial, err))
-		}
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	r.sim, err = sedsim.Start(context.Background(), sedsim.Options{
+		Drives: opts.Drives, Size: int64(blocks) * 512, StateDir: dir, Listen: "127.0.0.1:0",
+		NQNPrefix: NQNPrefix, SerialPrefix: prefix, NoControl: true, Logger: opts.Log,
+		Target: nvmetcp.Options{AdvertiseAddr: fmt.Sprintf("%s:%d", GuestHost, NVMePort)},
+	})
 	if err != nil {
-		return fail(err)
+		return fail(fmt.Errorf("rig: %w", err))
 	}
-	r.Addr = l.Addr().String()
-	ctx, cancel := context.WithCancel(context.Background())
-	r.cancel, r.served = cancel, make(chan error, 1)
-	go func() { r.served <- tg.Serve(ctx, l) }()
+	r.Target, r.Addr = r.sim.Target(), r.sim.Addr().String()
+	for i := range opts.Drives {
+		d := r.sim.Drive(i)
+		r.Drives = append(r.Drives, &SimDrive{Serial: d.Identity().Serial, NQN: r.sim.NQN(i), Sim: d})
+	}
+	if len(root) > 0 {
+		buf := make([]byte, (len(root)+511)/512*512)
+		copy(buf, root)
+		d := r.Drives[0].Sim
+		if err := d.WriteBlocks(0, buf); err != nil {
+			return fail(fmt.Errorf("rig: write root image to %s: %w", r.Drives[0].Serial, err))
+		}
+		if err := d.Flush(); err != nil {
+			return fail(err)
+		}
+	}
 	return r, nil
 }
 
-// Close stops the target and releases the drives.
+// Close stops the target and releases the drives and their state.
 func (r *Rig) Close() {
 	r.once.Do(func() {
-		if r.cancel != nil {
-			r.cancel()
+		if r.sim != nil {
+			r.sim.Close()
 		}
-		r.Target.Close()
-		if r.served != nil {
-			select {
-			case <-r.served:
-			case <-time.After(10 * time.Second):
-			}
-		}
-		for _, d := range r.Drives {
-			d.Sim.Close()
-		}
+		os.RemoveAll(r.tempDir)
 	})
 }
 
 // PowerCycle power cycles every drive (as a controller power-off does):
 // hosts are disconnected, and ranges set to lock on power cycle lock.
 func (r *Rig) PowerCycle(ctx context.Context) error {
-	for _, d := range r.Drives {
-		if err := r.Target.PowerCycle(ctx, d.NQN, d.Sim.PowerCycle); err != nil {
-			return fmt.Errorf("power cycle %s: %w", d.Serial, err)
-		}
-	}
-	return nil
+	return r.sim.PowerCycleAll(ctx)
 }
 
 // HostDrive returns drive i as the host's sed layer sees it (through the
